@@ -1,0 +1,24 @@
+# The two set-up commands of the README; each bootstraps everything it needs.
+#   make run    the main job (until the tunnel lands: a self-check of the packet core)
+#   make test   the whole test suite
+#   make bench  the benchmarks (opt-in; bounded), figures go to bench/RESULTS.md
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test bench bootstrap clean
+
+run:
+	./scripts/bootstrap.sh
+	$(PY) -m fastproxy selfcheck
+
+test:
+	./scripts/bootstrap.sh --test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench:
+	./scripts/bootstrap.sh --test
+	$(PY) -m pytest bench $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV) src/fastproxy/_core.c src/fastproxy/*.so src/*.egg-info

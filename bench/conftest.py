@@ -1,0 +1,3 @@
+"""Benchmarks reuse the test fixtures (both implementations)."""
+
+from tests.conftest import IMPLEMENTATIONS, impl, load_impl  # noqa: F401

@@ -1,0 +1,33 @@
+"""The ``fastproxy`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``fastproxy`` command."""
+    parser = argparse.ArgumentParser(
+        prog="fastproxy",
+        description="ICMP and UDP through a QUIC datagram tunnel into private networks.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser(
+        "selfcheck",
+        help="exercise the packet core on this machine and print what it did",
+        description="Build, parse, NAT and checksum packets with the compiled core and its "
+        "pure-Python twin, check that both agree, and print each step. Exits 0 only if all agree.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastproxy`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "selfcheck":
+        from .selfcheck import run_selfcheck
+
+        return run_selfcheck(sys.stdout)
+    raise AssertionError(args.command)

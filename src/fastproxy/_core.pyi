@@ -35,4 +35,44 @@ def checksum_update_bytes(checksum: int, old: ReadableBuffer, new: ReadableBuffe
 # ---- end batchio ----
 
 # ---- datagram ----
+from fastproxy._datagram_types import IcmpDatagram as IcmpDatagram
+from fastproxy._datagram_types import RegistrationResponse as RegistrationResponse
+from fastproxy._datagram_types import UdpPayload as UdpPayload
+from fastproxy._datagram_types import UdpRegistration as UdpRegistration
+
+DATAGRAM_UDP_REGISTRATION: int
+DATAGRAM_UDP_PAYLOAD: int
+DATAGRAM_ICMP: int
+DATAGRAM_REGISTRATION_RESPONSE: int
+RESPONSE_OK: int
+RESPONSE_DESTINATION_UNREACHABLE: int
+RESPONSE_UNABLE_TO_BIND_SOCKET: int
+RESPONSE_TOO_MANY_ACTIVE_FLOWS: int
+RESPONSE_ERROR: int
+MAX_DATAGRAM_PAYLOAD: int
+DATAGRAM_MALFORMED_REASONS: tuple[str, ...]
+
+def decode_datagram(data: ReadableBuffer) -> IcmpDatagram | UdpRegistration | UdpPayload | RegistrationResponse:
+    """Decode one tunnel datagram; raises MalformedDatagram (``reason`` in DATAGRAM_MALFORMED_REASONS)."""
+
+def encode_icmp(packet: ReadableBuffer) -> bytes:
+    """The ICMP datagram (type 0x02) carrying one whole IP packet of 1 to 1280 bytes."""
+
+def encode_udp_registration(
+    request_id: ReadableBuffer,
+    dst: ReadableBuffer,
+    port: int,
+    idle_timeout: int,
+    *,
+    traced: bool = False,
+    payload: ReadableBuffer | None = None,
+) -> bytes:
+    """The UDP session registration datagram (type 0x00); a non-empty payload is bundled."""
+
+def encode_udp_payload(request_id: ReadableBuffer, payload: ReadableBuffer) -> bytes:
+    """The UDP session payload datagram (type 0x01), payload 0 to 1280 bytes."""
+
+def encode_registration_response(request_id: ReadableBuffer, code: int, message: str = "") -> bytes:
+    """The registration response datagram (type 0x03); message at most 1260 UTF-8 bytes."""
+
 # ---- end datagram ----

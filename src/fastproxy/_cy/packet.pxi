@@ -791,11 +791,15 @@ def rewrite_echo(uint8_t[::1] buf not None, *, src=None, dst=None, echo_id=None,
     """
     cdef _pkt_info info
     cdef uint8_t* p
-    cdef const uint8_t[::1] new_src = src
-    cdef const uint8_t[::1] new_dst = dst
+    cdef const uint8_t[::1] new_src = None
+    cdef const uint8_t[::1] new_dst = None
     _pkt_parse_writable(buf, &info)
     if not info.has_echo:
         raise MalformedPacket("not_echo")
+    if src is not None:
+        new_src = src
+    if dst is not None:
+        new_dst = dst
     if src is not None and new_src.shape[0] != info.addr_length:
         raise ValueError(f"src must be {info.addr_length} bytes for IPv{info.version}, got {new_src.shape[0]}")
     if dst is not None and new_dst.shape[0] != info.addr_length:

@@ -134,8 +134,13 @@ cdef const char* _pkt_reason_name(int code) noexcept nogil:
 # ---------------------------------------------------------------- parsing
 
 cdef inline int _pkt_v6_skip_extensions(const uint8_t* p, size_t end, uint8_t* next_header,
-                                        size_t* offset) noexcept nogil:
-    """Skip hop-by-hop (0), routing (43) and destination options (60) headers; -1 if cut short."""
+                                        size_t* offset, bint final) noexcept nogil:
+    """Skip hop-by-hop (0), routing (43) and destination options (60) headers.
+
+    -1 if one is cut short. With final (the packet is addressed to us), -2 for a routing
+    header with segments left: the packet is still in transit, and its ICMPv6 checksum
+    would use another destination in the pseudo-header (RFC 8200 8.1).
+    """
     cdef size_t length
     while next_header[0] == 0 or next_header[0] == 43 or next_header[0] == 60:
         if offset[0] + 2 > end:
@@ -143,6 +148,8 @@ cdef inline int _pkt_v6_skip_extensions(const uint8_t* p, size_t end, uint8_t* n
         length = (<size_t>p[offset[0] + 1] + 1) * 8
         if offset[0] + length > end:
             return -1
+        if final and next_header[0] == 43 and p[offset[0] + 3] != 0:
+            return -2
         next_header[0] = p[offset[0]]
         offset[0] += length
     return 0
@@ -200,7 +207,7 @@ cdef int _pkt_parse_quote(const uint8_t* p, size_t qoff, size_t end, size_t fiel
             return _PKT_E_TRUNCATED_QUOTE
         next_header = q[6]
         hlen = 40
-        if _pkt_v6_skip_extensions(q, qlen, &next_header, &hlen) < 0:
+        if _pkt_v6_skip_extensions(q, qlen, &next_header, &hlen, False) < 0:
             return _PKT_E_TRUNCATED_QUOTE
         if qlen < hlen + 8:
             return _PKT_E_TRUNCATED_QUOTE
@@ -240,6 +247,7 @@ cdef int _pkt_parse(const uint8_t* p, size_t n, _pkt_info* out, bint verify) noe
     cdef const uint8_t* icmp
     cdef uint64_t acc
     cdef bint is_error
+    cdef int rc
     memset(out, 0, sizeof(_pkt_info))
     if n == 0:
         return _PKT_E_EMPTY
@@ -273,7 +281,10 @@ cdef int _pkt_parse(const uint8_t* p, size_t n, _pkt_info* out, bint verify) noe
             return _PKT_E_BAD_TOTAL_LENGTH
         next_header = p[6]
         hlen = 40
-        if _pkt_v6_skip_extensions(p, n, &next_header, &hlen) < 0:
+        rc = _pkt_v6_skip_extensions(p, n, &next_header, &hlen, True)
+        if rc == -2:
+            return _PKT_E_UNSUPPORTED_EXTENSION_HEADER
+        if rc < 0:
             return _PKT_E_TRUNCATED_EXTENSION_HEADER
         if next_header == 44:
             return _PKT_E_FRAGMENT
@@ -370,6 +381,19 @@ cdef int _pkt_rewrite_addr(uint8_t* p, size_t n, _pkt_info* info, size_t addr_of
     return 0
 
 
+cdef void _pkt_fix_all_zero_icmp(uint8_t* p, const _pkt_info* info) noexcept nogil:
+    """RFC 1624 eqn. 3 yields 0x0000 where recomputation gives 0xffff: when every byte is zero.
+
+    Only an ICMPv4 echo reply with id, seq and payload all zero can be that (the IPv4
+    header and the ICMPv6 pseudo-header are never all zero); rare enough to scan for.
+    """
+    cdef size_t i
+    for i in range(info.icmp_offset, info.total_length):
+        if p[i]:
+            return
+    fp_store_be16(p + info.icmp_offset + 2, 0xffff)
+
+
 cdef int _pkt_rewrite_echo_id(uint8_t* p, size_t n, _pkt_info* info, uint16_t echo_id) noexcept nogil:
     """Overwrite the echo identifier and update the ICMP(v6) checksum."""
     cdef uint16_t old
@@ -379,6 +403,8 @@ cdef int _pkt_rewrite_echo_id(uint8_t* p, size_t n, _pkt_info* info, uint16_t ec
         return _PKT_E_NOT_ECHO
     old = _pkt_store16(p, info.icmp_offset + 4, echo_id)
     _pkt_csum_update(p, info.icmp_offset + 2, old, echo_id)
+    if info.version == 4 and fp_load_be16(p + info.icmp_offset + 2) == 0:
+        _pkt_fix_all_zero_icmp(p, info)
     info.echo_id = echo_id
     info.icmp_checksum = fp_load_be16(p + info.icmp_offset + 2)
     return 0
@@ -695,7 +721,8 @@ def parse_packet(const uint8_t[::1] data not None, *, bint verify_checksums=True
     IP total length are rejected ("bad_total_length"): the tunnel carries exactly one
     packet per datagram, so a disagreement means corruption. Fragments are rejected
     ("fragment"; nothing is reassembled). v4 options are allowed; v6 hop-by-hop, routing and
-    destination options headers are skipped. With verify_checksums the IPv4 header checksum
+    destination options headers are skipped (a routing header with segments left is
+    "unsupported_extension_header": the packet is not at its destination). With verify_checksums the IPv4 header checksum
     and the ICMP(v6) checksum (v6 with the RFC 8200 pseudo-header) must be right; checksums
     inside an error's quote are never checked. An error's quote must hold the quoted IP
     header plus 8 bytes and may be shorter than the quoted packet, not longer (unless an

@@ -152,14 +152,20 @@ class _Fail(Exception):
         self.reason = reason
 
 
-def _skip_extensions(p: memoryview, end: int, next_header: int, offset: int) -> tuple[int, int] | None:
-    """Skip hop-by-hop, routing and destination options headers; None if cut short."""
+def _skip_extensions(p: memoryview, end: int, next_header: int, offset: int, final: bool) -> tuple[int, int]:
+    """Skip hop-by-hop, routing and destination options headers: (next header, offset).
+
+    (-1, 0) if one is cut short; with final, (-2, 0) for a routing header with segments
+    left (still in transit; its ICMPv6 checksum would use another pseudo-header address).
+    """
     while next_header in _V6_SKIPPED:
         if offset + 2 > end:
-            return None
+            return -1, 0
         length = (p[offset + 1] + 1) * 8
         if offset + length > end:
-            return None
+            return -1, 0
+        if final and next_header == 43 and p[offset + 3] != 0:
+            return -2, 0
         next_header = p[offset]
         offset += length
     return next_header, offset
@@ -190,10 +196,9 @@ def _parse_quote(p: memoryview, version: int, qoff: int, end: int, field_length:
     else:
         if qlen < 40:
             raise _Fail("truncated_quote")
-        walked = _skip_extensions(q, qlen, q[6], 40)
-        if walked is None:
+        protocol, hlen = _skip_extensions(q, qlen, q[6], 40, False)
+        if protocol < 0:
             raise _Fail("truncated_quote")
-        protocol, hlen = walked
         if qlen < hlen + 8:
             raise _Fail("truncated_quote")
         inner_total = 40 + _load16(q, 4)
@@ -251,10 +256,11 @@ def _parse(p: memoryview, verify: bool) -> PacketInfo:
         total = 40 + _load16(p, 4)
         if total != n:
             raise _Fail("bad_total_length")
-        walked = _skip_extensions(p, n, p[6], 40)
-        if walked is None:
+        next_header, hlen = _skip_extensions(p, n, p[6], 40, True)
+        if next_header == -2:
+            raise _Fail("unsupported_extension_header")
+        if next_header < 0:
             raise _Fail("truncated_extension_header")
-        next_header, hlen = walked
         if next_header == 44:
             raise _Fail("fragment")
         if next_header != 58:
@@ -331,7 +337,8 @@ def parse_packet(data: ReadableBuffer, *, verify_checksums: bool = True) -> Pack
     IP total length are rejected ("bad_total_length"): the tunnel carries exactly one
     packet per datagram, so a disagreement means corruption. Fragments are rejected
     ("fragment"; nothing is reassembled). v4 options are allowed; v6 hop-by-hop, routing and
-    destination options headers are skipped. With verify_checksums the IPv4 header checksum
+    destination options headers are skipped (a routing header with segments left is
+    "unsupported_extension_header": the packet is not at its destination). With verify_checksums the IPv4 header checksum
     and the ICMP(v6) checksum (v6 with the RFC 8200 pseudo-header) must be right; checksums
     inside an error's quote are never checked. An error's quote must hold the quoted IP
     header plus 8 bytes and may be shorter than the quoted packet, not longer (unless an
@@ -532,6 +539,10 @@ def rewrite_echo(
         _rewrite_addr(p, info, 16 if info.version == 4 else 24, new_dst)
     if echo_id is not None:
         _csum_update(p, info.icmp_offset + 2, _store16(p, info.icmp_offset + 4, echo_id), echo_id)
+        if info.version == 4 and not any(p[info.icmp_offset :]):
+            # RFC 1624 eqn. 3 gives 0x0000 where recomputation gives 0xffff: only for an
+            # all-zero ICMPv4 message (an echo reply with id, seq and payload all zero).
+            _store16(p, info.icmp_offset + 2, 0xFFFF)
     if ttl is not None:
         _set_ttl(p, info.version, ttl)
 

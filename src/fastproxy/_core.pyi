@@ -26,6 +26,127 @@ def checksum_update_bytes(checksum: int, old: ReadableBuffer, new: ReadableBuffe
 # ---- end checksum ----
 
 # ---- packet ----
+PACKET_MALFORMED_REASONS: tuple[str, ...]
+
+class InnerPacket:
+    """The IP packet quoted by an ICMP error (usually truncated); see PacketInfo.inner.
+
+    offset/length: where the quote starts in the parsed buffer and how many bytes of the
+    quoted packet it holds. icmp_type/icmp_code are None unless the quoted packet is
+    ICMP(v6) of the same family (and, for v4, not a non-first fragment); echo_id/echo_seq
+    are None unless it is an echo request or reply.
+    """
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def header_length(self) -> int: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def src(self) -> bytes: ...
+    @property
+    def dst(self) -> bytes: ...
+    @property
+    def icmp_type(self) -> int | None: ...
+    @property
+    def icmp_code(self) -> int | None: ...
+    @property
+    def echo_id(self) -> int | None: ...
+    @property
+    def echo_seq(self) -> int | None: ...
+
+class PacketInfo:
+    """What parse_packet found in one IPv4/IPv6 packet carrying ICMP(v6)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def header_length(self) -> int: ...
+    @property
+    def total_length(self) -> int: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def protocol(self) -> int: ...
+    @property
+    def src(self) -> bytes: ...
+    @property
+    def dst(self) -> bytes: ...
+    @property
+    def icmp_offset(self) -> int: ...
+    @property
+    def icmp_type(self) -> int: ...
+    @property
+    def icmp_code(self) -> int: ...
+    @property
+    def icmp_checksum(self) -> int: ...
+    @property
+    def echo_id(self) -> int | None: ...
+    @property
+    def echo_seq(self) -> int | None: ...
+    @property
+    def inner(self) -> InnerPacket | None: ...
+    @property
+    def mtu(self) -> int | None: ...
+
+def parse_packet(data: ReadableBuffer, *, verify_checksums: bool = True) -> PacketInfo:
+    """Parse and validate one whole IPv4/IPv6 ICMP packet; raises MalformedPacket (bytes past the total length too)."""
+
+def build_echo(
+    src: ReadableBuffer,
+    dst: ReadableBuffer,
+    echo_id: int,
+    seq: int,
+    payload: ReadableBuffer = b"",
+    *,
+    ttl: int = 64,
+    reply: bool = False,
+) -> bytes:
+    """Echo request (or reply); v4 (id 0, DF) or v6 by address length; ValueError for bad arguments."""
+
+def build_icmp_error(
+    src: ReadableBuffer,
+    original: ReadableBuffer,
+    icmp_type: int,
+    icmp_code: int,
+    *,
+    mtu: int = 0,
+    ttl: int = 64,
+) -> bytes:
+    """ICMP(v6) error to original's source quoting as much as fits (v4 576 bytes, v6 1280 in all)."""
+
+def build_time_exceeded(src: ReadableBuffer, original: ReadableBuffer) -> bytes:
+    """Time Exceeded in transit (v4 type 11, v6 type 3; code 0) about original."""
+
+def build_destination_unreachable(src: ReadableBuffer, original: ReadableBuffer, code: int) -> bytes:
+    """Destination Unreachable (v4 type 3, v6 type 1) with the family's own code."""
+
+def build_packet_too_big(src: ReadableBuffer, original: ReadableBuffer, mtu: int) -> bytes:
+    """v4 Fragmentation Needed (type 3 code 4) or v6 Packet Too Big (type 2), carrying mtu."""
+
+def rewrite_echo(
+    buf: WriteableBuffer,
+    *,
+    src: ReadableBuffer | None = None,
+    dst: ReadableBuffer | None = None,
+    echo_id: int | None = None,
+    ttl: int | None = None,
+) -> None:
+    """Rewrite an echo packet in place with incremental (RFC 1624) checksum updates."""
+
+def decrement_ttl(buf: WriteableBuffer) -> int:
+    """TTL/hop limit - 1 in place; returns it, or 0 with buf untouched when it was 0 or 1."""
+
+def translate_icmp_error(buf: WriteableBuffer, client_addr: ReadableBuffer, client_echo_id: int) -> None:
+    """RFC 5508 translation of an ICMP error quoting our echo message into the client's view, in place."""
+
 # ---- end packet ----
 
 # ---- flowtable ----

@@ -417,3 +417,24 @@ def test_ping_socket_batch_with_per_packet_ttl(impl: ModuleType, family: int, pi
     for _, _, ttl, header_ttl, _ in requests:
         if family == socket.AF_INET:
             assert header_ttl == ttl
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_twin_ttl_by_socket_option_path_restores_the_socket_ttl(monkeypatch: pytest.MonkeyPatch, family: int) -> None:
+    # The twin's macOS / Windows path (setsockopt around each packet), exercised on Linux.
+    from fastproxy._purepy import batchio as twin_batchio
+
+    monkeypatch.setattr(twin_batchio, "_TTL_BY_SETSOCKOPT_V4", True)
+    monkeypatch.setattr(twin_batchio, "_TTL_BY_SETSOCKOPT_V6", True)
+    sender, receiver = udp_pair(family)
+    with sender, receiver:
+        own = default_ttl(sender)
+        out = twin_batchio.PacketBatch(4)
+        for i, ttl in enumerate([5, -1, 9, 9]):
+            out.set(i, b"s%d" % i, receiver.getsockname(), ttl)
+        assert out.send(sender, 4) == 4
+        assert default_ttl(sender) == own
+        wait_readable(receiver)
+        batch = twin_batchio.PacketBatch(4)
+        assert batch.recv(receiver) == 4
+        assert [batch.ttl(i) for i in range(4)] == [5, own, 9, 9]

@@ -298,7 +298,7 @@ static inline int fp_bio_slot_family(const fp_bio_batch *b, int i, fp_bio_sock f
 
 #if FP_BIO_TTL_BY_SETSOCKOPT_V4 || FP_BIO_TTL_BY_SETSOCKOPT_V6
 /* TTL by socket option for platforms without a per-message TTL: remembers the socket's own
- * value the first time it changes it, so fp_bio_ttl_restore can put it back. */
+ * value the first time it changes it, so slots with ttl -1 and fp_bio_ttl_restore get it back. */
 typedef struct fp_bio_ttl_state {
     int level, option;   /* 0 until the first change */
     int original, current;
@@ -310,6 +310,10 @@ static inline int fp_bio_ttl_apply(fp_bio_ttl_state *st, fp_bio_sock fd, int fam
     if (family == AF_INET) { level = IPPROTO_IP; option = IP_TTL; }
     else if (family == AF_INET6) { level = IPPROTO_IPV6; option = FP_BIO_V6_HOPS_OPTION; }
     else return 0;
+    if (ttl < 0) { /* a slot without a TTL goes with the socket's own */
+        if (st->option == 0) return 0;
+        ttl = st->original;
+    }
     if (st->option == 0) {
         if (getsockopt(fd, level, option, (char *)&st->original, &len) != 0) return -fp_bio_last_error();
         st->level = level;
@@ -448,7 +452,7 @@ static inline int fp_bio_send(fp_bio_batch *b, fp_bio_sock fd, int start, int co
         for (sent = 0; sent < count; sent++) {
             i = start + sent;
 #  if FP_BIO_TTL_BY_SETSOCKOPT_V4
-            if (b->ttls[i] >= 0 && fp_bio_slot_family(b, i, fd, &sock_family) == AF_INET) {
+            if ((b->ttls[i] >= 0 || st.option != 0) && fp_bio_slot_family(b, i, fd, &sock_family) == AF_INET) {
                 r = fp_bio_ttl_apply(&st, fd, AF_INET, b->ttls[i]);
                 if (r < 0) { err = -r; break; }
             }
@@ -516,7 +520,7 @@ static inline int fp_bio_send(fp_bio_batch *b, fp_bio_sock fd, int start, int co
     if (start < 0 || count < 0 || start > b->slots || count > b->slots - start) return -WSAEINVAL;
     for (sent = 0; sent < count; sent++) {
         i = start + sent;
-        if (b->ttls[i] >= 0) {
+        if (b->ttls[i] >= 0 || st.option != 0) {
             int family = fp_bio_slot_family(b, i, fd, &sock_family);
             if (family < 0) { err = -family; break; }
             r = fp_bio_ttl_apply(&st, fd, family, b->ttls[i]);

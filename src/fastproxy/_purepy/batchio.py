@@ -115,6 +115,10 @@ class _TtlBySockopt:
             option = (socket.IPPROTO_IPV6, _IPV6_HOPS_OPTION)
         else:
             return
+        if ttl < 0:  # a slot without a TTL goes with the socket's own
+            if self.option is None:
+                return
+            ttl = self.original
         if self.option is None:
             self.original = self.current = sock.getsockopt(*option)
             self.option = option
@@ -293,12 +297,10 @@ class PacketBatch:
                 address = ("::ffff:" + address[0], address[1], 0, 0)
             elif s.family == socket.AF_INET and family == socket.AF_INET6:
                 raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
-        if ttl >= 0:
-            if (family == socket.AF_INET and _TTL_BY_SETSOCKOPT_V4) or (
-                family == socket.AF_INET6 and _TTL_BY_SETSOCKOPT_V6
-            ):
-                by_sockopt.apply(s, family, ttl)
-            elif family == socket.AF_INET:
+        if (family == socket.AF_INET and _TTL_BY_SETSOCKOPT_V4) or (family == socket.AF_INET6 and _TTL_BY_SETSOCKOPT_V6):
+            by_sockopt.apply(s, family, ttl)
+        elif ttl >= 0:
+            if family == socket.AF_INET:
                 ancdata = [(socket.IPPROTO_IP, socket.IP_TTL, ttl.to_bytes(4, sys.byteorder))]
             elif family == socket.AF_INET6:
                 ancdata = [(socket.IPPROTO_IPV6, _IPV6_HOPLIMIT, ttl.to_bytes(4, sys.byteorder))]

@@ -128,6 +128,20 @@ def test_partial_batches_drain_in_order(impl: ModuleType, udp4: tuple[socket.soc
     assert got == [f"packet {i}".encode() for i in range(2, 8)]
 
 
+def test_more_slots_than_one_system_call_takes(impl: ModuleType, udp4: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = udp4  # recvmmsg / sendmmsg take at most 1024 messages per call
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    out = impl.PacketBatch(1100, 8)
+    for i in range(1100):
+        out.set(i, i.to_bytes(4, "big"), receiver.getsockname(), 1 + i % 255)
+    assert out.send(sender, 1100) == 1100
+    wait_readable(receiver)
+    batch = impl.PacketBatch(1100, 8)
+    assert batch.recv(receiver) == 1100
+    assert [int.from_bytes(batch.data(i), "big") for i in range(1100)] == list(range(1100))
+    assert [batch.ttl(i) for i in range(1100)] == [1 + i % 255 for i in range(1100)]
+
+
 def test_truncated_datagram_is_flagged_and_cut_to_slot(
     impl: ModuleType, udp4: tuple[socket.socket, socket.socket]
 ) -> None:

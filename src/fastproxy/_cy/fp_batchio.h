@@ -13,7 +13,7 @@
  *   fp_bio_set_addr4/6, fp_bio_clear_addr, fp_bio_get_addr   slot address access by raw bytes
  *
  * Platforms (chosen here, never in Python):
- *   Linux            recvmmsg/sendmmsg, one system call per batch; TTL in and out as cmsgs
+ *   Linux            recvmmsg/sendmmsg, one system call per 1024 slots; TTL in and out as cmsgs
  *                    (IP_TTL / IPV6_HOPLIMIT), so it is per packet on the wire.
  *   other POSIX      a loop of recvmsg/sendmsg over the same prepared headers. TTL in as a cmsg
  *   (macOS)          (IP_RECVTTL gives a one-byte IP_RECVTTL cmsg there); hop limit out as an
@@ -99,6 +99,7 @@ typedef int fp_bio_sock;
 #ifndef _WIN32
 #  ifdef FP_BIO_MMSG
 typedef struct mmsghdr fp_bio_msg;
+#    define FP_BIO_MMSG_CHUNK 1024 /* UIO_MAXIOV: the kernel takes at most this many per call */
 #  else
 typedef struct fp_bio_msg {
     struct msghdr msg_hdr;
@@ -384,8 +385,16 @@ static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
     b->count = 0;
     for (i = 0; i < b->slots; i++) fp_bio_prepare_recv(b, i);
 #ifdef FP_BIO_MMSG
-    n = recvmmsg(fd, b->msgs, (unsigned int)b->slots, MSG_DONTWAIT, NULL);
-    if (n < 0) return fp_bio_would_block(errno) ? 0 : -errno;
+    for (n = 0; n < b->slots;) {
+        int want = b->slots - n < FP_BIO_MMSG_CHUNK ? b->slots - n : FP_BIO_MMSG_CHUNK;
+        int r = recvmmsg(fd, b->msgs + n, (unsigned int)want, MSG_DONTWAIT, NULL);
+        if (r < 0) {
+            if (fp_bio_would_block(errno) || n > 0) break;
+            return -errno;
+        }
+        n += r;
+        if (r < want) break;
+    }
 #else
     for (n = 0; n < b->slots; n++) {
         ssize_t r = recvmsg(fd, &b->msgs[n].msg_hdr, MSG_DONTWAIT);
@@ -440,8 +449,16 @@ static inline int fp_bio_send(fp_bio_batch *b, fp_bio_sock fd, int start, int co
         if (r < 0) return r;
     }
 #ifdef FP_BIO_MMSG
-    sent = sendmmsg(fd, b->msgs + start, (unsigned int)count, MSG_DONTWAIT);
-    if (sent < 0) return fp_bio_would_block(errno) ? 0 : -errno;
+    for (sent = 0; sent < count;) {
+        int want = count - sent < FP_BIO_MMSG_CHUNK ? count - sent : FP_BIO_MMSG_CHUNK;
+        r = sendmmsg(fd, b->msgs + start + sent, (unsigned int)want, MSG_DONTWAIT);
+        if (r < 0) {
+            if (fp_bio_would_block(errno) || sent > 0) break;
+            return -errno;
+        }
+        sent += r;
+        if (r < want) break;
+    }
     return sent;
 #else
     {

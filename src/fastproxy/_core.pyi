@@ -54,7 +54,7 @@ class PacketBatch:
     def ttl(self, i: int) -> int:
         """Slot i's TTL / hop limit, -1 = none."""
     def set_ttl(self, i: int, ttl: int) -> None:
-        """Set the TTL / hop limit slot i is sent with (0-255), or -1 for the socket's own."""
+        """Set the TTL / hop limit slot i is sent with (0-255; Linux refuses IPv4 TTL 0), or -1 for the socket's own."""
     def set(
         self,
         i: int,

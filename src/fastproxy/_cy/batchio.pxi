@@ -277,7 +277,10 @@ cdef class PacketBatch:
         return self.bio.ttls[self._bio_slot(i)]
 
     def set_ttl(self, i: int, ttl: int) -> None:
-        """Set the TTL / hop limit slot i is sent with (0-255), or -1 for the socket's own."""
+        """Set the TTL / hop limit slot i is sent with (0-255), or -1 for the socket's own.
+
+        Linux refuses an IPv4 TTL of 0 when sending (OSError EINVAL); hop limit 0 is allowed.
+        """
         cdef int k = self._bio_slot(i)
         ttl = PyNumber_Index(ttl)
         if not -1 <= ttl <= 255:

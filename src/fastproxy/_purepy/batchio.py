@@ -358,7 +358,10 @@ class PacketBatch:
         return self._ttls[self._slot(i)]
 
     def set_ttl(self, i: int, ttl: int) -> None:
-        """Set the TTL / hop limit slot i is sent with (0-255), or -1 for the socket's own."""
+        """Set the TTL / hop limit slot i is sent with (0-255), or -1 for the socket's own.
+
+        Linux refuses an IPv4 TTL of 0 when sending (OSError EINVAL); hop limit 0 is allowed.
+        """
         k = self._slot(i)
         ttl = operator.index(ttl)
         if not -1 <= ttl <= 255:

@@ -452,3 +452,23 @@ def test_twin_ttl_by_socket_option_path_restores_the_socket_ttl(monkeypatch: pyt
         batch = twin_batchio.PacketBatch(4)
         assert batch.recv(receiver) == 4
         assert [batch.ttl(i) for i in range(4)] == [5, own, 9, 9]
+
+
+def test_any_object_with_fileno_is_a_socket(impl: ModuleType, udp4: tuple[socket.socket, socket.socket]) -> None:
+    sender, receiver = udp4
+
+    class Wrapped:  # e.g. asyncio's TransportSocket
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def fileno(self) -> int:
+            return self._sock.fileno()
+
+    out = impl.PacketBatch(1)
+    out.set(0, b"wrapped", receiver.getsockname(), 12)
+    assert out.send(Wrapped(sender), 1) == 1
+    wait_readable(receiver)
+    batch = impl.PacketBatch(1)
+    assert batch.recv(Wrapped(receiver)) == 1
+    assert (bytes(batch.data(0)), batch.ttl(0)) == (b"wrapped", 12)
+    assert sender.fileno() >= 0 and receiver.fileno() >= 0  # the wrappers closed nothing

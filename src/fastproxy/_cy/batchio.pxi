@@ -73,6 +73,7 @@ cdef object _bio_oserror(int err):
 
 
 cdef int _bio_fileno(object sock) except? -1:
+    # Windows SOCKETs are handles, which fit 32 bits (Windows keeps them sign-extendable).
     if isinstance(sock, int):
         return sock
     return sock.fileno()

@@ -134,12 +134,14 @@ class _TtlBySockopt:
 
 
 def _usable_socket(sock: socket.socket | int) -> tuple[socket.socket, bool]:
-    """A socket object whose calls never wait; True if it is a temporary to detach."""
+    """A socket object whose calls never wait; True if it is a temporary to detach.
+
+    Anything else with a fileno() (as the compiled core takes it) and a socket with a
+    timeout (which polls before each call) are used through a bare object on their fd.
+    """
     if isinstance(sock, int):
         return socket.socket(fileno=sock), True
-    timeout = sock.gettimeout()
-    if timeout is not None and timeout > 0:
-        # A socket with a timeout polls before each call; a bare object on its fd does not.
+    if type(sock) is not socket.socket or sock.gettimeout() not in (None, 0.0):
         return socket.socket(fileno=sock.fileno()), True
     return sock, False
 

@@ -150,9 +150,115 @@ def translate_icmp_error(buf: WriteableBuffer, client_addr: ReadableBuffer, clie
 # ---- end packet ----
 
 # ---- flowtable ----
+FLOW_KEY_SIZE: int
+"""Size of one record of FlowTable.lookup_batch keys (40; see pack_flow_key)."""
+FLOW_TABLE_MAX_CAPACITY: int
+"""Largest capacity a FlowTable accepts (2**30)."""
+FLOW_TABLE_MAX_IDLE_TIMEOUT: float
+"""Largest idle timeout in seconds (about 12.4 days)."""
+
+def pack_flow_key(conn_id: int, client_src: ReadableBuffer, dst: ReadableBuffer, echo_id: int) -> bytes:
+    """Pack one key as a FLOW_KEY_SIZE-byte record for FlowTable.lookup_batch.
+
+    uint32 conn_id (native) at 0, uint16 echo_id (native) at 4, uint8 family (4|6) at 6,
+    pad at 7, client_src at 8 and dst at 24 (16 bytes each; IPv4 in the first 4, rest zero).
+    """
+
+class FlowTable:
+    """Source-NAT flow table for ICMP echo: fixed capacity, lock-free readers.
+
+    Maps (connection id, client source, destination, client echo id) to an echo id
+    unique per destination, and back. Mutating methods from one thread at a time;
+    lookup, reverse without now, and lookup_batch may run concurrently in other threads.
+    """
+
+    def __init__(self, capacity: int, *, max_per_connection: int = 0, idle_timeout: float = 60.0) -> None: ...
+    @property
+    def capacity(self) -> int:
+        """Maximum number of live flows."""
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a flow may stay unused before expire removes it."""
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes allocated by the table (slab, both indexes, connection counts, header)."""
+    def __len__(self) -> int: ...
+    def count_for_connection(self, conn_id: int) -> int:
+        """Number of live flows of connection conn_id."""
+    def acquire(self, conn_id: int, client_src: ReadableBuffer, dst: ReadableBuffer, echo_id: int, now: float) -> int:
+        """Assigned echo id of the flow, creating it if new; refreshes its last-used time.
+
+        Raises FlowTableFull("global" | "connection", limit), EchoIdExhausted, ValueError.
+        """
+    def lookup(self, conn_id: int, client_src: ReadableBuffer, dst: ReadableBuffer, echo_id: int) -> int | None:
+        """Assigned echo id of the flow, or None; does not refresh it."""
+    def reverse(self, dst: ReadableBuffer, assigned_id: int, now: float | None = None) -> tuple[int, bytes, int] | None:
+        """(conn_id, client_src, client echo id) for assigned_id towards dst, or None; now refreshes it."""
+    def remove(self, conn_id: int, client_src: ReadableBuffer, dst: ReadableBuffer, echo_id: int) -> bool:
+        """Remove one flow; True if it existed."""
+    def remove_connection(self, conn_id: int) -> int:
+        """Remove every flow of connection conn_id; returns how many."""
+    def expire(self, now: float, max_scan: int = 0) -> list[tuple[int, bytes, bytes, int, int]]:
+        """Remove flows idle longer than idle_timeout; returns (conn_id, client_src, dst, echo_id, assigned_id).
+
+        max_scan > 0 bounds the entries examined per call and resumes where the last call stopped.
+        """
+    def lookup_batch(self, keys: ReadableBuffer, out: WriteableBuffer) -> int:
+        """Look up packed FLOW_KEY_SIZE-byte records without the GIL; out gets one native
+        uint32 per key (assigned id or 0xFFFFFFFF). Returns the number of hits."""
 # ---- end flowtable ----
 
 # ---- batchio ----
+import socket as _socket
+
+class PacketBatch:
+    """N preallocated packet slots for batched datagram socket I/O (recvmmsg / sendmmsg).
+
+    Each slot: up to ``slot_size`` bytes, a length, a peer address and a TTL / hop
+    limit (-1 = none). One allocation, reused forever. Not for concurrent use from
+    two threads. Addresses are (host, port) for IPv4 and (host, port, flowinfo,
+    scope_id) for IPv6, hosts numeric.
+    """
+
+    def __init__(self, slots: int, slot_size: int = 2048) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def slot_size(self) -> int:
+        """Usable bytes per slot."""
+    @property
+    def count(self) -> int:
+        """How many slots the last ``recv`` filled."""
+    def recv(self, sock: _socket.socket | int) -> int:
+        """Receive up to len(self) datagrams without blocking into slots 0..; how many (0 if none waits)."""
+    def send(self, sock: _socket.socket | int, count: int, start: int = 0) -> int:
+        """Send slots [start, start+count) with their addresses and TTLs; how many went (partial on a full buffer)."""
+    def data(self, i: int) -> memoryview:
+        """Writable view of slot i's packet bytes [0:length]."""
+    def buffer(self, i: int) -> memoryview:
+        """Writable view of the whole of slot i (slot_size bytes)."""
+    def length(self, i: int) -> int:
+        """Bytes in slot i."""
+    def set_length(self, i: int, n: int) -> None:
+        """Set slot i's length (ValueError unless 0 <= n <= slot_size)."""
+    def truncated(self, i: int) -> bool:
+        """True if the datagram last received into slot i did not fit."""
+    def address(self, i: int) -> tuple[str, int] | tuple[str, int, int, int] | None:
+        """Slot i's peer address, or None."""
+    def set_address(self, i: int, address: tuple[str, int] | tuple[str, int, int, int] | None) -> None:
+        """Set slot i's destination address, or None for none (connected sockets)."""
+    def ttl(self, i: int) -> int:
+        """Slot i's TTL / hop limit, -1 = none."""
+    def set_ttl(self, i: int, ttl: int) -> None:
+        """Set the TTL / hop limit slot i is sent with (0-255; Linux refuses IPv4 TTL 0), or -1 for the socket's own."""
+    def set(
+        self,
+        i: int,
+        data: ReadableBuffer,
+        address: tuple[str, int] | tuple[str, int, int, int] | None = None,
+        ttl: int = -1,
+    ) -> None:
+        """Copy data into slot i and set its address and TTL."""
+
 # ---- end batchio ----
 
 # ---- datagram ----

@@ -227,7 +227,9 @@ class PacketBatch:
         """Usable bytes per slot."""
     @property
     def count(self) -> int:
-        """How many slots the last ``recv`` filled."""
+        """How many slots hold packets (filled by the last ``recv``, or set by hand / a producer)."""
+    @count.setter
+    def count(self, value: int) -> None: ...
     def recv(self, sock: _socket.socket | int) -> int:
         """Receive up to len(self) datagrams without blocking into slots 0..; how many (0 if none waits)."""
     def send(self, sock: _socket.socket | int, count: int, start: int = 0) -> int:
@@ -303,3 +305,24 @@ def encode_registration_response(request_id: ReadableBuffer, code: int, message:
     """The registration response datagram (type 0x03); message at most 1260 UTF-8 bytes."""
 
 # ---- end datagram ----
+
+# ---- nat ----
+from collections.abc import Iterable, Sequence
+
+NAT_REFUSAL_REASONS: tuple[str, ...]
+NAT_REPLY_DROP_REASONS: tuple[str, ...]
+
+class EchoNat:
+    """Batched source NAT of ICMP echo through a FlowTable (raw / Darwin backends)."""
+
+    flows_created: int
+    def __init__(self, table: FlowTable, allowed: Iterable[tuple[bytes, int]]) -> None: ...
+    def outbound(
+        self, conn_id: int, packets: Sequence[ReadableBuffer], out4: PacketBatch, out6: PacketBatch, now: float
+    ) -> tuple[int, int, list[tuple[int, str]]]:
+        """Queue echo requests as ICMP messages in out4/out6; returns (n4, n6, [(index, reason), ...])."""
+    def inbound(self, received: PacketBatch, family: int, now: float) -> list[tuple[int, bytes]]:
+        """Map packets a raw socket received back to (conn_id, client packet) pairs."""
+    def take_drops(self) -> dict[str, int]:
+        """Reply drops counted since the last call, by reason."""
+# ---- end nat ----

@@ -170,8 +170,16 @@ cdef class PacketBatch:
 
     @property
     def count(self) -> int:
-        """How many slots the last ``recv`` filled (0 before any, and after an error)."""
+        """How many slots hold packets: filled by the last ``recv`` (0 before any, and after an
+        error) or by a producer such as EchoNat.outbound; settable when filling slots by hand."""
         return self.bio.count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        value = PyNumber_Index(value)
+        if not 0 <= value <= self.bio.slots:
+            raise ValueError(f"count must be 0-{self.bio.slots}, got {value}")
+        self.bio.count = value
 
     def recv(self, sock) -> int:
         """Receive up to len(self) datagrams without blocking, filling slots from 0.

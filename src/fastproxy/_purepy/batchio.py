@@ -193,8 +193,16 @@ class PacketBatch:
 
     @property
     def count(self) -> int:
-        """How many slots the last ``recv`` filled (0 before any, and after an error)."""
+        """How many slots hold packets: filled by the last ``recv`` (0 before any, and after an
+        error) or by a producer such as EchoNat.outbound; settable when filling slots by hand."""
         return self._count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        value = operator.index(value)
+        if not 0 <= value <= self._slots:
+            raise ValueError(f"count must be 0-{self._slots}, got {value}")
+        self._count = value
 
     def recv(self, sock: socket.socket | int) -> int:
         """Receive up to len(self) datagrams without blocking, filling slots from 0.

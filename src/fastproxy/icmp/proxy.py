@@ -361,6 +361,10 @@ class IcmpProxy:
                 del self._by_connection[key[0]]
         self.backend.close_flow(flow)
 
+    def flows(self) -> list[BackendFlow]:
+        """The flows alive now (for inspection; not for the packet path)."""
+        return list(self._flows.values())
+
     @property
     def flow_count(self) -> int:
         """Flows alive now."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import ipaddress
 import logging
 import os
@@ -99,11 +100,16 @@ def _sockaddr_family_and_bytes(pointer: ctypes._Pointer) -> tuple[int, bytes] | 
     return None
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def interface_addresses() -> list[InterfaceAddress]:
     """Every IPv4/IPv6 address of every local interface (getifaddrs); empty where unavailable."""
     if sys.platform == "win32":
         return []
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     head = ctypes.POINTER(_Ifaddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
         return []

@@ -168,7 +168,7 @@ def test_flow_limits_global_and_per_connection() -> None:
     proxy.handle_client_packets(1, requests, now=0.0)
     assert proxy.metrics.drops["flow_limit_connection"] == 1 and len(backend.sent) == 2
     proxy.handle_client_packets(2, requests, now=0.0)
-    proxy.handle_client_packets(3, requests[:1], now=0.0)
+    proxy.handle_client_packets(3, requests, now=0.0)
     assert proxy.metrics.drops["flow_limit_global"] >= 1
     assert proxy.flow_count == len(backend.open) <= 4
     # existing flows keep working at the bound

@@ -1,0 +1,23 @@
+"""The connector's ICMP proxy: sans-I/O core, platform backends, asyncio glue."""
+
+from __future__ import annotations
+
+from .backends import BACKEND_NAMES, BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure, create_backend
+from .metrics import ICMP_DROP_REASONS, IcmpMetrics
+from .proxy import ClientPacket, IcmpProxy
+from .service import IcmpService
+
+__all__ = [
+    "BACKEND_NAMES",
+    "ICMP_DROP_REASONS",
+    "BackendFlow",
+    "BackendUnavailable",
+    "ClientPacket",
+    "IcmpBackend",
+    "IcmpMetrics",
+    "IcmpProxy",
+    "IcmpService",
+    "ReceivedPacket",
+    "SendFailure",
+    "create_backend",
+]

@@ -1,0 +1,47 @@
+"""Helpers shared by backends whose sockets give ICMP messages without the IP header."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from fastproxy._impl import core
+
+__all__ = ["address_bytes", "address_text", "wrap_icmp_message"]
+
+_ICMPV6 = 58
+
+
+def wrap_icmp_message(src: bytes, dst: bytes, ttl: int, message: bytes | bytearray | memoryview) -> bytearray:
+    """A whole IP packet ``src`` -> ``dst`` carrying the ICMP ``message``.
+
+    IPv4: the message is kept as it is (its checksum does not cover the IP
+    header). IPv6: the ICMPv6 checksum is recomputed for ``src``/``dst``, since a
+    socket that strips the header has already verified it against the real
+    addresses, which may differ from the ones given here.
+    """
+    length = len(message)
+    if len(src) == 4:
+        header = bytearray(
+            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, ttl & 0xFF, 1, 0, src, dst)
+        )
+        struct.pack_into("!H", header, 10, core.internet_checksum(header))
+        return header + message
+    packet = bytearray(struct.pack("!IHBB16s16s", 6 << 28, length, _ICMPV6, ttl & 0xFF, src, dst))
+    packet += message
+    packet[42:44] = b"\0\0"
+    initial = core.pseudo_header_sum(src, dst, length, _ICMPV6)
+    struct.pack_into("!H", packet, 42, core.internet_checksum(memoryview(packet)[40:], initial))
+    return packet
+
+
+def address_text(address: bytes) -> str:
+    """``address`` (4 or 16 bytes) as text for the socket module."""
+    return socket.inet_ntop(socket.AF_INET if len(address) == 4 else socket.AF_INET6, address)
+
+
+def address_bytes(text: str) -> bytes:
+    """A socket-module address string (a v6 one may carry ``%scope``) as 4 or 16 bytes."""
+    if ":" in text:
+        return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
+    return socket.inet_pton(socket.AF_INET, text)

@@ -1,0 +1,292 @@
+"""Linux unprivileged ICMP "ping sockets" (SOCK_DGRAM, IPPROTO_ICMP / IPPROTO_ICMPV6).
+
+One socket per flow, bound to the flow's assigned echo id (the kernel uses the
+bound port as the echo id and demultiplexes replies by it). TTL / hop limit by
+setsockopt when it changes. ICMP errors caused by our requests arrive on the
+socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
+``struct sock_extended_err`` with the offender's address; they are rebuilt as
+the ICMP error packet the client expects, quoting the request as sent (the last
+few requests of each flow are kept for that, bounded).
+
+Needs no privilege, only that one of the process's groups is inside
+``net.ipv4.ping_group_range`` (which also governs ICMPv6 ping sockets).
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import os
+import select
+import socket
+import struct
+
+from fastproxy._impl import core
+
+from . import BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure
+from ._wire import address_bytes, address_text, wrap_icmp_message
+
+__all__ = ["PingSocketBackend", "parse_extended_error", "ping_sockets_allowed"]
+
+PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
+
+# Linux constants the socket module does not all export.
+_IP_TTL = 2
+_IP_RECVERR = 11
+_IP_RECVTTL = 12
+_IP_MTU_DISCOVER = 10
+_IP_PMTUDISC_PROBE = 3
+_IPV6_UNICAST_HOPS = 16
+_IPV6_MTU_DISCOVER = 23
+_IPV6_PMTUDISC_PROBE = 3
+_IPV6_RECVERR = 25
+_IPV6_RECVHOPLIMIT = 51
+_IPV6_HOPLIMIT = 52
+_MSG_ERRQUEUE = 0x2000
+_SO_EE_ORIGIN_ICMP = 2
+_SO_EE_ORIGIN_ICMP6 = 3
+_SOL_IP = 0
+_SOL_IPV6 = 41
+
+_ANCILLARY_SIZE = socket.CMSG_SPACE(64) + socket.CMSG_SPACE(8)
+_UNSPECIFIED = {4: bytes(4), 6: bytes(16)}
+_TIME_EXCEEDED = {4: 11, 6: 3}
+# Frag Needed (v4 3/4) and Packet Too Big (v6 2/0) carry the MTU in ee_info.
+_MTU_ERRORS = {(4, 3, 4), (6, 2, 0)}
+
+
+def ping_sockets_allowed() -> tuple[bool, str]:
+    """Whether this process may open ping sockets; when not, the reason and the sysctl that fixes it."""
+    try:
+        with open(PING_GROUP_RANGE) as handle:
+            low, high = (int(part) for part in handle.read().split())
+    except (OSError, ValueError):
+        return False, f"ping sockets are not available here ({PING_GROUP_RANGE} missing)"
+    groups = set(os.getgroups()) | {os.getgid(), os.getegid()}
+    gid = os.getegid()
+    if not any(low <= group <= high for group in groups):
+        return False, (
+            f"ping sockets are not allowed for this process: net.ipv4.ping_group_range is \"{low} {high}\", "
+            f"which does not include its groups ({', '.join(map(str, sorted(groups)))}); allow them with "
+            f"`sysctl -w net.ipv4.ping_group_range=\"{gid} {gid}\"` (or \"0 2147483647\" for every group)"
+        )
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP).close()
+    except OSError as exc:
+        return False, f"ping sockets cannot be opened although ping_group_range allows them: {exc}"
+    return True, ""
+
+
+def parse_extended_error(data: bytes) -> tuple[int, int, int, int, int, bytes | None]:
+    """Decode a ``struct sock_extended_err`` with its offender address.
+
+    Returns ``(ee_errno, ee_origin, ee_type, ee_code, ee_info, offender)``;
+    ``offender`` is 4 or 16 bytes (SO_EE_OFFENDER), or None when absent.
+    """
+    if len(data) < 16:
+        raise ValueError("sock_extended_err too short")
+    ee_errno, origin, icmp_type, icmp_code, _pad, info, _data = struct.unpack_from("=IBBBBII", data)
+    offender: bytes | None = None
+    if len(data) >= 18:
+        family = struct.unpack_from("=H", data, 16)[0]
+        if family == socket.AF_INET and len(data) >= 24:
+            offender = bytes(data[20:24])
+        elif family == socket.AF_INET6 and len(data) >= 40:
+            offender = bytes(data[24:40])
+    return ee_errno, origin, icmp_type, icmp_code, info, offender
+
+
+class _PingFlow:
+    __slots__ = ("flow", "sock", "ttl", "kernel_id", "requests")
+
+    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int) -> None:
+        self.flow = flow
+        self.sock = sock
+        self.ttl = -1
+        self.kernel_id = kernel_id
+        # seq -> (ICMP message as sent, ttl): what an ICMP error about it must quote.
+        self.requests: dict[int, tuple[bytes, int]] = {}
+
+
+class PingSocketBackend(IcmpBackend):
+    """ICMP through Linux ping sockets, one per flow (no privilege needed).
+
+    ``max_kept_requests``: requests remembered per flow to quote in errors.
+    """
+
+    name = "ping"
+
+    def __init__(self, *, max_kept_requests: int = 32) -> None:
+        allowed, why_not = ping_sockets_allowed()
+        if not allowed:
+            raise BackendUnavailable(why_not)
+        self._max_kept = max_kept_requests
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, _PingFlow] = {}
+        self._by_flow: dict[BackendFlow, _PingFlow] = {}
+        self._queue: list[tuple[_PingFlow, bytes, int]] = []
+        self._closed = False
+
+    def open_flow(self, flow: BackendFlow) -> None:
+        """Open the flow's ping socket, bound to its echo id (another id if that one is taken)."""
+        if flow.version == 4:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+            options = ((_SOL_IP, _IP_RECVERR, 1), (_SOL_IP, _IP_RECVTTL, 1),
+                       (_SOL_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE))
+            any_address = "0.0.0.0"
+        else:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+            options = ((_SOL_IPV6, _IPV6_RECVERR, 1), (_SOL_IPV6, _IPV6_RECVHOPLIMIT, 1),
+                       (_SOL_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_PROBE))
+            any_address = "::"
+        try:
+            sock.setblocking(False)
+            for level, option, value in options:
+                sock.setsockopt(level, option, value)
+            try:
+                sock.bind((any_address, flow.echo_id))
+            except OSError as exc:
+                if exc.errno != errno_codes.EADDRINUSE:
+                    raise
+                sock.bind((any_address, 0))  # the kernel picks a free id; replies are mapped back
+            kernel_id = sock.getsockname()[1]
+            self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLERR)
+        except BaseException:
+            sock.close()
+            raise
+        state = _PingFlow(flow, sock, kernel_id)
+        self._by_fd[sock.fileno()] = state
+        self._by_flow[flow] = state
+
+    def close_flow(self, flow: BackendFlow) -> None:
+        """Close the flow's socket."""
+        state = self._by_flow.pop(flow, None)
+        if state is None:
+            return
+        fd = state.sock.fileno()
+        self._by_fd.pop(fd, None)
+        self._epoll.unregister(fd)
+        state.sock.close()
+
+    def send_echo(self, flow: BackendFlow, message: bytes | bytearray | memoryview, ttl: int) -> None:
+        """Queue a request on the flow's socket (the kernel sets the id and the checksum)."""
+        state = self._by_flow[flow]
+        self._queue.append((state, bytes(message), ttl))
+
+    def flush(self) -> list[SendFailure]:
+        """Send the queued requests, one sendto each."""
+        failures: list[SendFailure] = []
+        for index, (state, message, ttl) in enumerate(self._queue):
+            sock = state.sock
+            try:
+                if ttl != state.ttl:
+                    if state.flow.version == 4:
+                        sock.setsockopt(_SOL_IP, _IP_TTL, ttl)
+                    else:
+                        sock.setsockopt(_SOL_IPV6, _IPV6_UNICAST_HOPS, ttl)
+                    state.ttl = ttl
+                sock.sendto(message, (address_text(state.flow.dst), 0))
+            except OSError as exc:
+                failures.append(SendFailure(index, exc.errno or 0, 0))
+                continue
+            if len(message) >= 8:
+                requests = state.requests
+                requests[int.from_bytes(message[6:8], "big")] = (message, ttl)
+                if len(requests) > self._max_kept:
+                    del requests[next(iter(requests))]
+        self._queue.clear()
+        return failures
+
+    def receive(self, limit: int = 256) -> list[ReceivedPacket]:
+        """Replies and errors of every ready flow socket, rebuilt as whole IP packets."""
+        out: list[ReceivedPacket] = []
+        for fd, events in self._epoll.poll(0, limit):
+            state = self._by_fd.get(fd)
+            if state is None:
+                continue
+            if events & select.EPOLLERR:
+                self._drain_errors(state, out, limit)
+            if events & select.EPOLLIN:
+                self._drain_replies(state, out, limit)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _drain_replies(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
+        flow = state.flow
+        version = flow.version
+        while len(out) < limit:
+            try:
+                message, ancillary, _flags, address = state.sock.recvmsg(65535, _ANCILLARY_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # a pending error is reported by recvmsg once; the error queue has it
+                return
+            if len(message) < 8:
+                continue
+            ttl = 64
+            for level, kind, data in ancillary:
+                if (level, kind) in ((_SOL_IP, _IP_TTL), (_SOL_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
+                    ttl = struct.unpack("=i", data[:4])[0]
+            packet = wrap_icmp_message(address_bytes(address[0]), _UNSPECIFIED[version], ttl, message)
+            if state.kernel_id != flow.echo_id:
+                core.rewrite_echo(packet, echo_id=flow.echo_id)
+            out.append(ReceivedPacket(bytes(packet), flow))
+
+    def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
+        flow = state.flow
+        version = flow.version
+        while len(out) < limit:
+            try:
+                quoted, ancillary, _flags, _address = state.sock.recvmsg(65535, _ANCILLARY_SIZE, _MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for level, kind, data in ancillary:
+                if (level, kind) not in ((_SOL_IP, _IP_RECVERR), (_SOL_IPV6, _IPV6_RECVERR)):
+                    continue
+                try:
+                    _errno, origin, icmp_type, icmp_code, info, offender = parse_extended_error(data)
+                except ValueError:
+                    continue
+                if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) or offender is None:
+                    continue  # local errors (EMSGSIZE...) were already reported by sendto
+                packet = self._rebuild_error(state, quoted, offender, icmp_type, icmp_code, info)
+                if packet is not None:
+                    out.append(ReceivedPacket(packet, flow))
+
+    def _rebuild_error(
+        self, state: _PingFlow, quoted: bytes, offender: bytes, icmp_type: int, icmp_code: int, info: int
+    ) -> bytes | None:
+        """The ICMP error the offender sent, as the client's request would have drawn it."""
+        flow = state.flow
+        version = flow.version
+        if len(quoted) < 8:
+            return None
+        sent = state.requests.get(int.from_bytes(quoted[6:8], "big"))
+        if sent is not None:
+            message, sent_ttl = sent
+        else:  # older than what we keep: quote what the router quoted
+            message, sent_ttl = quoted, 64
+        request = bytearray(message)
+        request[4:6] = flow.echo_id.to_bytes(2, "big")
+        if version == 4:  # the kernel sent our checksum with its id; ours must match our id
+            request[2:4] = b"\0\0"
+            request[2:4] = core.internet_checksum(request).to_bytes(2, "big")
+        quoted_ttl = 1 if icmp_type == _TIME_EXCEEDED[version] else sent_ttl
+        original = wrap_icmp_message(_UNSPECIFIED[version], flow.dst, quoted_ttl, request)
+        mtu = info if (version, icmp_type, icmp_code) in _MTU_ERRORS else 0
+        return bytes(core.build_icmp_error(offender, original, icmp_type, icmp_code, mtu=mtu))
+
+    def filenos(self) -> list[int]:
+        """The epoll descriptor that watches every flow socket."""
+        return [self._epoll.fileno()]
+
+    def close(self) -> None:
+        """Close every flow socket and the epoll descriptor."""
+        if self._closed:
+            return
+        self._closed = True
+        for state in list(self._by_flow.values()):
+            self.close_flow(state.flow)
+        self._epoll.close()

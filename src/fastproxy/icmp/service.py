@@ -1,0 +1,105 @@
+"""asyncio glue for :class:`IcmpProxy`: watch the backend's descriptors, expire flows, close cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from .proxy import ClientPacket, IcmpProxy
+
+__all__ = ["IcmpService", "new_event_loop"]
+
+logger = logging.getLogger("fastproxy.icmp")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed (faster readers), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class IcmpService:
+    """Runs an :class:`IcmpProxy` on the running event loop.
+
+    ``send_to_client(packets)`` receives every batch of ``(conn_id, packet)``
+    the proxy produces. Feed client packets with :meth:`client_packets`; the
+    service reads the backend when its descriptors become readable and expires
+    idle flows every ``expire_interval`` seconds, scanning at most
+    ``expire_max_scan`` slots each time so a large table never stalls the loop.
+    """
+
+    def __init__(
+        self,
+        proxy: IcmpProxy,
+        send_to_client: Callable[[list[ClientPacket]], None],
+        *,
+        expire_interval: float = 1.0,
+        expire_max_scan: int = 4096,
+        read_limit: int = 256,
+    ) -> None:
+        self.proxy = proxy
+        self._send = send_to_client
+        self._expire_interval = expire_interval
+        self._expire_max_scan = expire_max_scan
+        self._read_limit = read_limit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._fds: list[int] = []
+
+    async def __aenter__(self) -> IcmpService:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start watching the backend and the expiry timer (call inside the running loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._fds = list(self.proxy.backend.filenos())
+        for fd in self._fds:
+            self._loop.add_reader(fd, self._on_readable)
+        self._expiry = self._loop.call_later(self._expire_interval, self._on_expiry)
+
+    def client_packets(self, conn_id: int, packets: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Packets from client connection ``conn_id``; the proxy's own answers are sent at once."""
+        answers = self.proxy.handle_client_packets(conn_id, packets)
+        if answers:
+            self._send(answers)
+
+    def close_connection(self, conn_id: int) -> None:
+        """A client connection ended: free its flows now."""
+        self.proxy.close_connection(conn_id)
+
+    def _on_readable(self) -> None:
+        # Read in batches until the backend runs dry, bounded so other work gets its turn.
+        for _ in range(16):
+            out = self.proxy.poll_backend(self._read_limit)
+            if out:
+                self._send(out)
+            if len(out) < self._read_limit:
+                break
+
+    def _on_expiry(self) -> None:
+        try:
+            self.proxy.expire(max_scan=self._expire_max_scan)
+        except Exception:  # the timer must survive a bug in one round
+            logger.exception("ICMP: flow expiry failed")
+        assert self._loop is not None
+        self._expiry = self._loop.call_later(self._expire_interval, self._on_expiry)
+
+    def close(self) -> None:
+        """Stop watching, close every flow and the backend; idempotent."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._loop is not None:
+            for fd in self._fds:
+                self._loop.remove_reader(fd)
+            self._fds = []
+            self._loop = None
+            self.proxy.close()

@@ -8,6 +8,7 @@ per packet on the batch paths. ``fastproxy._purepy`` is the pure-Python twin wit
 the same API; ``FASTPROXY_NO_EXTENSIONS=1`` forces it.
 """
 
+cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 

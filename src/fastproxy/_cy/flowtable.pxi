@@ -160,7 +160,10 @@ cdef class FlowTable:
     ``idle_timeout`` seconds are removed by :meth:`expire`. Times are float
     seconds from ``time.monotonic()``. Mutating methods must be called from one
     thread at a time; ``lookup``, ``reverse`` without ``now`` and ``lookup_batch``
-    may run concurrently with them in other threads.
+    may run concurrently with them in other threads. On free-threaded Python the
+    mutating methods (and ``reverse`` / ``count_for_connection``, which read
+    writer-only state) take the object's critical section, so concurrent writers
+    serialize instead of corrupting the table; the lock-free readers take none.
     """
 
     cdef fp_ft_table* _t
@@ -240,11 +243,13 @@ cdef class FlowTable:
     def __len__(self) -> int:
         return self._t.live
 
+    @cython.critical_section
     def count_for_connection(self, conn_id: int) -> int:
         """Number of live flows of connection ``conn_id``."""
         _ft_check_ids(conn_id, 0)
         return fp_ft_count_for_connection(self._t, conn_id)
 
+    @cython.critical_section
     def acquire(self, conn_id: int, client_src: bytes, dst: bytes, echo_id: int, now: float) -> int:
         """Assigned echo id of the flow, creating it if new; refreshes its last-used time.
 
@@ -279,6 +284,7 @@ cdef class FlowTable:
         cdef int32_t r = self._ft_lookup_c(conn_id, &s[0], &d[0], family, echo_id)
         return None if r < 0 else r
 
+    @cython.critical_section
     def reverse(self, dst: bytes, assigned_id: int, now: float | None = None) -> tuple[int, bytes, int] | None:
         """(conn_id, client_src, client echo id) of the flow holding ``assigned_id`` towards ``dst``, or None.
 
@@ -300,6 +306,7 @@ cdef class FlowTable:
             self._ft_touch_c(flow.entry, t)
         return (flow.conn, (<char*>flow.src)[:d.shape[0]], flow.echo_id)
 
+    @cython.critical_section
     def remove(self, conn_id: int, client_src: bytes, dst: bytes, echo_id: int) -> bool:
         """Remove one flow; True if it existed."""
         cdef int family = _ft_family(client_src, dst)
@@ -308,6 +315,7 @@ cdef class FlowTable:
         cdef const uint8_t[::1] d = dst
         return self._ft_remove_c(conn_id, &s[0], &d[0], family, echo_id)
 
+    @cython.critical_section
     def remove_connection(self, conn_id: int) -> int:
         """Remove every flow of connection ``conn_id`` (it closed); returns how many.
 
@@ -316,6 +324,7 @@ cdef class FlowTable:
         _ft_check_ids(conn_id, 0)
         return fp_ft_remove_connection(self._t, conn_id)
 
+    @cython.critical_section
     def expire(self, now: float, max_scan: int = 0) -> list[tuple[int, bytes, bytes, int, int]]:
         """Remove flows idle for longer than ``idle_timeout`` at time ``now``.
 

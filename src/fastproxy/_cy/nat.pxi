@@ -59,7 +59,8 @@ cdef class EchoNat:
 
     ``allowed`` lists the destinations clients may reach as ``(network_bytes,
     prefix_length)`` pairs (4- or 16-byte network addresses; at most 256 per family).
-    The table must not be mutated elsewhere while a call runs (single writer).
+    Each call holds the table's critical section (free-threaded Python), so it serializes
+    with the table's own writers; lock-free lookups still run alongside.
     """
 
     cdef FlowTable _table
@@ -165,6 +166,7 @@ cdef class EchoNat:
         out.count = slot + 1
         return 0
 
+    @cython.critical_section
     def outbound(self, uint32_t conn_id, packets, PacketBatch out4 not None, PacketBatch out6 not None,
                  double now):
         """NAT client packets of connection ``conn_id`` into send batches.
@@ -178,16 +180,23 @@ cdef class EchoNat:
         name; ``"ttl_expired"`` means answer Time Exceeded).
         """
         cdef list seq = packets if type(packets) is list else list(packets)
-        cdef Py_ssize_t count = len(seq), i
-        cdef int r
+        cdef Py_ssize_t count = len(seq)
         cdef list refused = []
-        cdef object item
-        cdef Py_buffer view
         if count > out4.bio.slots or count > out6.bio.slots:
             raise ValueError(f"{count} packets do not fit send batches of {out4.bio.slots} / {out6.bio.slots} slots")
         out4.bio.count = 0
         out6.bio.count = 0
-        for i in range(count):
+        with cython.critical_section(self._table):
+            self._outbound_locked(conn_id, seq, out4, out6, now, refused)
+        return out4.bio.count, out6.bio.count, refused
+
+    cdef void _outbound_locked(self, uint32_t conn_id, list seq, PacketBatch out4, PacketBatch out6, double now,
+                               list refused) except *:
+        cdef Py_ssize_t i
+        cdef int r
+        cdef object item
+        cdef Py_buffer view
+        for i in range(len(seq)):
             item = seq[i]
             if PyBytes_CheckExact(item):
                 r = self._forward_one(conn_id, <const uint8_t*>PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item),
@@ -202,7 +211,6 @@ cdef class EchoNat:
                 refused.append((i, PACKET_MALFORMED_REASONS[-r - 1]))
             elif r > 0:
                 refused.append((i, NAT_REFUSAL_REASONS[r - 1]))
-        return out4.bio.count, out6.bio.count, refused
 
     cdef object _reply_one(self, const uint8_t* p, size_t n, int family, const uint8_t* peer, int ttl,
                            double now, uint32_t* conn_out):
@@ -283,6 +291,7 @@ cdef class EchoNat:
         conn_out[0] = flow.conn
         return result
 
+    @cython.critical_section
     def inbound(self, PacketBatch received not None, int family, double now):
         """Map packets a raw socket of ``family`` (4 or 6) received into ``received`` back to
         their clients; returns ``[(conn_id, packet), ...]`` with whole IP packets as the
@@ -293,14 +302,19 @@ cdef class EchoNat:
         IPV6_RECVHOPLIMIT on the socket). Drops are counted (:meth:`take_drops`).
         """
         cdef list result = []
+        if family != 4 and family != 6:
+            raise ValueError(f"family must be 4 or 6, got {family}")
+        with cython.critical_section(self._table):
+            self._inbound_locked(received, family, now, result)
+        return result
+
+    cdef void _inbound_locked(self, PacketBatch received, int family, double now, list result) except *:
         cdef int i
         cdef uint8_t peer[16]
         cdef uint16_t port
         cdef uint32_t flowinfo, scope, conn = 0
         cdef const uint8_t* p
         cdef object packet
-        if family != 4 and family != 6:
-            raise ValueError(f"family must be 4 or 6, got {family}")
         for i in range(received.bio.count):
             if received.bio.flags[i] & FP_BIO_TRUNCATED:
                 self._drops[_NAT_R_TRUNCATED] += 1
@@ -312,8 +326,8 @@ cdef class EchoNat:
             packet = self._reply_one(p, received.bio.lengths[i], family, peer, received.bio.ttls[i], now, &conn)
             if packet is not None:
                 result.append((conn, packet))
-        return result
 
+    @cython.critical_section
     def take_drops(self) -> dict:
         """Reply drops counted since the last call, by reason (only non-zero ones)."""
         cdef int i

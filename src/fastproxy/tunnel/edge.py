@@ -293,6 +293,10 @@ class EdgeRouter:
         """True if ``conn_id`` is an admitted connector."""
         return conn_id in self._connectors
 
+    def connectors_for(self, address: bytes) -> list[int]:
+        """Connector ids serving the longest prefix that matches ``address`` (4 or 16 bytes)."""
+        return list(self._routes.lookup(address) or ())
+
     def client_addresses(self, conn_id: int) -> tuple[bytes | None, bytes | None]:
         """The (IPv4, IPv6) tunnel addresses assigned to a client."""
         client = self._clients[conn_id]

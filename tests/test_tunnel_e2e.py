@@ -277,3 +277,52 @@ def test_spoofed_and_out_of_policy_icmp_are_dropped_and_counted() -> None:
             await connector.close()
 
     run(body)
+
+
+def _echo_responder(sink):  # a stub ICMP handler standing in for the connector's ICMP proxy
+    from fastproxy.packet import build_echo, parse_packet
+
+    seen: list[bytes] = []
+
+    def handle(conn_id: int, packet: bytes) -> None:
+        seen.append(packet)
+        info = parse_packet(packet)
+        payload = packet[info.icmp_offset + 8:]
+        sink(conn_id, build_echo(info.dst, info.src, info.echo_id, info.echo_seq, payload, reply=True))
+
+    handle.seen = seen  # type: ignore[attr-defined]
+    return handle
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_echo_through_edge_and_connector_and_edge_time_exceeded(family: int) -> None:
+    from fastproxy.packet import build_echo, parse_packet
+
+    host = LOOPBACK[family][0]
+    target, route = ("10.0.0.8", "10.0.0.0/8") if family == 4 else ("2001:db8::8", "2001:db8::/32")
+
+    async def body() -> None:
+        async with running_edge(host) as edge:
+            handlers = []
+            connector = await started(make_connector(
+                edge, route, host, icmp_handler_factory=lambda sink: handlers.append(_echo_responder(sink)) or handlers[-1]
+            ))
+            client, welcome, inbox = await dial_client(edge, host=host)
+            me = (welcome.client_v4 if family == 4 else welcome.client_v6).packed
+            dst = ipaddress.ip_address(target).packed
+            client.send_datagrams([encode_icmp(build_echo(me, dst, 0x1234, 1, b"abc", ttl=64))])
+            await inbox.wait(1)
+            reply = parse_packet(inbox.items[0][1:])
+            assert (reply.src, reply.dst, reply.echo_id, reply.echo_seq) == (dst, me, 0x1234, 1)
+            assert parse_packet(handlers[0].seen[0]).ttl == 63  # the edge is a hop
+            client.send_datagrams([encode_icmp(build_echo(me, dst, 0x1234, 2, b"abc", ttl=1))])
+            await inbox.wait(2)
+            exceeded = parse_packet(inbox.items[1][1:])
+            edge_address = edge.router.edge_v4 if family == 4 else edge.router.edge_v6
+            assert exceeded.src == edge_address and exceeded.dst == me
+            assert exceeded.icmp_type == (11 if family == 4 else 3)
+            assert exceeded.inner is not None and exceeded.inner.echo_seq == 2
+            assert len(handlers[0].seen) == 1
+            await connector.close()
+
+    run(body)

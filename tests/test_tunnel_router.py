@@ -180,7 +180,7 @@ def test_bundled_payload_is_forwarded_with_the_registration() -> None:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_ttl_one_is_answered_with_time_exceeded_from_the_edge(family: int) -> None:
-    packet_api = pytest.importorskip("fastproxy.packet", reason="packet API not merged yet")
+    from fastproxy import packet as packet_api
     router = make_router()
     welcome = admit(router)
     connector(router, A, "10.0.0.0/8", "2001:db8::/32")

@@ -48,6 +48,7 @@ from ..datagram import (
     encode_udp_registration,
 )
 from ..errors import MalformedDatagram, MalformedPacket
+from ..packet import build_time_exceeded, decrement_ttl
 from . import quic
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
@@ -433,13 +434,13 @@ class EdgeRouter:
             if length < 20 or (data[1] & 0x0F) < 5:
                 self.drops["icmp_truncated"] += 1
                 return
-            src, dst, ttl_offset, own = data[13:17], data[17:21], 1 + 8, client.v4
+            src, dst, own = data[13:17], data[17:21], client.v4
             edge_address = self.edge_v4
         elif version == 6:
             if length < 40:
                 self.drops["icmp_truncated"] += 1
                 return
-            src, dst, ttl_offset, own = data[9:25], data[25:41], 1 + 7, client.v6
+            src, dst, own = data[9:25], data[25:41], client.v6
             edge_address = self.edge_v6
         else:
             self.drops["icmp_bad_ip_version"] += 1
@@ -450,28 +451,28 @@ class EdgeRouter:
         if not self._allowed(client, dst):
             self.drops["policy_denied"] += 1
             return
-        if data[ttl_offset] <= 1:
-            self._time_exceeded(client, data, edge_address, out)
+        packet = bytearray(memoryview(data)[1:])
+        try:
+            ttl = decrement_ttl(packet)
+        except MalformedPacket as exc:
+            self.drops[f"icmp_{exc.reason}"] += 1
+            return
+        if ttl == 0:  # the packet is left as received, to be quoted
+            self._time_exceeded(client, packet, edge_address, out)
             return
         connector = self._pick_connector(client.conn_id, dst)
         if connector is None:
             self.drops["no_route"] += 1
             return
-        packet = bytearray(data[1:])
-        try:
-            _decrement_ttl(packet)
-        except MalformedPacket as exc:
-            self.drops[f"icmp_{exc.reason}"] += 1
-            return
         out.setdefault(connector, []).append(encode_icmp(packet))
         self.routed["icmp_to_connector"] += 1
 
-    def _time_exceeded(self, client: _Client, data: bytes, edge_address: bytes | None, out: Outbound) -> None:
+    def _time_exceeded(self, client: _Client, packet: bytearray, edge_address: bytes | None, out: Outbound) -> None:
         if edge_address is None:
             self.drops["ttl_exceeded_no_edge_address"] += 1
             return
         try:
-            answer = _build_time_exceeded(edge_address, data[1:])
+            answer = build_time_exceeded(edge_address, packet)
         except MalformedPacket as exc:
             self.drops[f"icmp_{exc.reason}"] += 1
             return
@@ -539,18 +540,6 @@ class EdgeRouter:
     def session_count(self) -> int:
         """UDP sessions the edge tracks."""
         return len(self._sessions)
-
-
-def _decrement_ttl(packet: bytearray) -> int:
-    from ..packet import decrement_ttl
-
-    return int(decrement_ttl(packet))
-
-
-def _build_time_exceeded(source: bytes, original: bytes) -> bytes:
-    from ..packet import build_time_exceeded
-
-    return bytes(build_time_exceeded(source, original))
 
 
 class Edge:

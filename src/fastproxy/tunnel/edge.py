@@ -34,9 +34,6 @@ from dataclasses import dataclass, field
 
 from ..datagram import (
     DATAGRAM_ICMP,
-    DATAGRAM_REGISTRATION_RESPONSE,
-    DATAGRAM_UDP_PAYLOAD,
-    DATAGRAM_UDP_REGISTRATION,
     RESPONSE_OK,
     RESPONSE_TOO_MANY_ACTIVE_FLOWS,
     RegistrationResponse,

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from qh3.asyncio.protocol import QuicConnectionProtocol
-from qh3.asyncio.server import QuicServer, serve as _qh3_serve
+from qh3.asyncio._transport import create_optimized_datagram_transport
+from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
@@ -57,6 +58,11 @@ MAX_DATAGRAM_FRAME_SIZE = 1350
 # UDP payload of a QUIC packet: fits a 1500-byte IPv6 path (1500 - 40 - 8), and leaves
 # room for the largest datagram frame plus the short header and AEAD tag.
 MAX_UDP_PAYLOAD = 1452
+# A silent connection is closed after IDLE_TIMEOUT; the dialling side pings every
+# KEEPALIVE_INTERVAL so an idle connector or client stays up, and a dead peer is noticed
+# within IDLE_TIMEOUT.
+IDLE_TIMEOUT = 20.0
+KEEPALIVE_INTERVAL = 5.0
 # The client opens the first bidirectional stream; its id is 0 (RFC 9000 2.1).
 CONTROL_STREAM_ID = 0
 
@@ -88,7 +94,7 @@ def _base_configuration(is_client: bool) -> QuicConfiguration:
         alpn_protocols=[ALPN],
         max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
         max_datagram_size=MAX_UDP_PAYLOAD,
-        idle_timeout=30.0,
+        idle_timeout=IDLE_TIMEOUT,
     )
 
 
@@ -165,6 +171,7 @@ class TunnelConnection(QuicConnectionProtocol):
         self.datagrams_out = 0
         self.datagrams_dropped_closed = 0
         self._terminated = False
+        self._server: _BatchingServer | None = None
 
     # -- sending ---------------------------------------------------------------
 
@@ -202,6 +209,18 @@ class TunnelConnection(QuicConnectionProtocol):
         self._quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
 
+    def start_keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> None:
+        """Send a QUIC PING every ``interval`` seconds until the connection ends."""
+
+        def ping() -> None:
+            if self._terminated:
+                return
+            self._quic.send_ping(0)
+            self.transmit()
+            self._loop.call_later(interval, ping)
+
+        self._loop.call_later(interval, ping)
+
     @property
     def is_closed(self) -> bool:
         """True once the connection is terminated (by either side or by timeout)."""
@@ -213,6 +232,11 @@ class TunnelConnection(QuicConnectionProtocol):
         super().connection_made(transport)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        server = self._server
+        if server is not None and server.pending is not None:
+            # Inside a receive batch of the server socket: processed once the batch is in.
+            server.pending.setdefault(self, []).append(data)  # type: ignore[arg-type]
+            return
         self.remote_address = addr
         self._quic.receive_datagram(data, addr, now=self._loop_time())  # type: ignore[arg-type]
         self._after_receive()
@@ -278,6 +302,26 @@ class TunnelServer:
         self._server.close()
 
 
+class _BatchingServer(QuicServer):
+    """qh3's server protocol fed by recvmmsg/GRO batches (qh3's optimized transport, which
+    also sends with GSO): each batch is demultiplexed by connection id first, then every
+    connection takes its share in one call, processes its events once, hands the
+    application one datagram list and transmits once."""
+
+    pending: dict[TunnelConnection, list[bytes]] | None = None
+
+    def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
+        pending: dict[TunnelConnection, list[bytes]] = {}
+        self.pending = pending
+        try:
+            for data in datagrams:
+                self.datagram_received(data, addr)
+        finally:
+            self.pending = None
+        for connection, batch in pending.items():
+            connection.datagrams_received(batch, addr)
+
+
 async def serve(
     host: str,
     port: int,
@@ -290,13 +334,26 @@ async def serve(
     (before its handshake completes) and sets its handlers."""
     configuration = _base_configuration(is_client=False)
     configuration.load_cert_chain(cert_file, key_file)
+    loop = asyncio.get_running_loop()
+    server_box: list[_BatchingServer] = []
 
     def create_protocol(quic: QuicConnection, stream_handler: Any = None) -> TunnelConnection:
         connection = TunnelConnection(quic, stream_handler)
+        connection._server = server_box[0]
         on_connection(connection)
         return connection
 
-    server = await _qh3_serve(host, port, configuration=configuration, create_protocol=create_protocol)
+    server = _BatchingServer(configuration=configuration, create_protocol=create_protocol)
+    server_box.append(server)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    await create_optimized_datagram_transport(loop, lambda: server, sock=sock)
     return TunnelServer(server)
 
 
@@ -329,8 +386,6 @@ async def connect(
 ) -> TunnelConnection:
     """Open a tunnel connection and wait for its handshake (ConnectionError on failure,
     e.g. a certificate that does not match the pin; TimeoutError after ``timeout``)."""
-    from qh3.asyncio._transport import create_optimized_datagram_transport
-
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, _, _, _, addr = infos[0]
@@ -367,4 +422,5 @@ async def connect(
     # Open the control stream now so its id is fixed (stream 0) before any message.
     stream_id = quic._open_stream()
     assert stream_id == CONTROL_STREAM_ID, stream_id
+    connection.start_keepalive()
     return connection

@@ -326,3 +326,24 @@ def test_icmp_echo_through_edge_and_connector_and_edge_time_exceeded(family: int
             await connector.close()
 
     run(body)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_ca_bundle_trust_accepts_the_edge_and_rejects_another_ca(host: str, tmp_path) -> None:
+    from tests.tunnel_support import ca_and_leaf
+
+    ca_file, leaf = ca_and_leaf(str(tmp_path))
+    (tmp_path / "other").mkdir()
+    other_ca, _ = ca_and_leaf(str(tmp_path / "other"))
+
+    async def body() -> None:
+        async with running_edge(cert=leaf) as edge:
+            connection, welcome = await dial(host, edge.port, trust=quic.Trust(cafile=ca_file),
+                                             role="client", token=CLIENT_TOKEN)
+            assert welcome.client_v4 is not None
+            connection.close()
+            with pytest.raises(ConnectionError):
+                await dial(host, edge.port, trust=quic.Trust(cafile=other_ca), role="client",
+                           token=CLIENT_TOKEN, timeout=3)
+
+    run(body)

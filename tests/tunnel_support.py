@@ -44,11 +44,54 @@ def networks(*cidrs: str) -> tuple[Any, ...]:
     return tuple(ipaddress.ip_network(c) for c in cidrs)
 
 
+def ca_and_leaf(directory: str) -> tuple[str, CertificatePair]:
+    """A CA certificate file and a server certificate it signed (SANs localhost, 127.0.0.1)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastproxy test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {name: f"{directory}/{name}.pem" for name in ("ca", "cert", "key")}
+    with open(paths["ca"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths["cert"], "wb") as f:
+        f.write(leaf.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    from fastproxy.tunnel.certs import certificate_fingerprint
+
+    return paths["ca"], CertificatePair(paths["cert"], paths["key"], certificate_fingerprint(leaf.public_bytes(serialization.Encoding.DER)))
+
+
 @contextlib.asynccontextmanager
-async def running_edge(host: str = "127.0.0.1", **config: Any) -> AsyncIterator[Edge]:
+async def running_edge(host: str = "127.0.0.1", cert: CertificatePair | None = None, **config: Any) -> AsyncIterator[Edge]:
     config.setdefault("client_tokens", {CLIENT_TOKEN: None})
     config.setdefault("connector_tokens", (CONNECTOR_TOKEN,))
-    cert = certificate()
+    cert = cert or certificate()
     edge = Edge(EdgeConfig(**config), cert_file=cert.cert_file, key_file=cert.key_file)
     await edge.start(host, 0)
     try:

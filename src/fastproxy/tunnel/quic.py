@@ -19,6 +19,7 @@ frames queued.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
@@ -228,9 +229,6 @@ class TunnelConnection(QuicConnectionProtocol):
 
     # -- receiving -------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         server = self._server
         if server is not None and server.pending is not None:
@@ -357,6 +355,14 @@ async def serve(
     return TunnelServer(server)
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def client_configuration(trust: Trust, server_name: str | None = None) -> QuicConfiguration:
     """The QUIC client configuration for ``trust``."""
     configuration = _base_configuration(is_client=True)
@@ -392,6 +398,8 @@ async def connect(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        if server_name is None and not _is_ip_literal(host):
+            server_name = host
         quic = QuicConnection(configuration=client_configuration(trust, server_name))
         transport, protocol = await create_optimized_datagram_transport(
             loop, lambda: TunnelConnection(quic), sock=sock

@@ -52,7 +52,7 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 1
     raise AssertionError(f"no line matching {pattern!r} in: {''.join(seen)}")
 
 
-def test_edge_and_connector_processes() -> None:
+def test_edge_and_connector_processes(tmp_path: Path) -> None:
     port = free_udp_port()
     env = dict(os.environ, PYTHONPATH=SRC, FP_CONNECTOR_TOKEN="k-secret")
     edge = subprocess.Popen(
@@ -67,13 +67,13 @@ def test_edge_and_connector_processes() -> None:
         connector = subprocess.Popen(
             [sys.executable, "-m", "fastproxy", "connector", "--edge", f"127.0.0.1:{port}",
              "--token", "env:FP_CONNECTOR_TOKEN", "--route", "127.0.0.0/8", "--pin", pin],
-            stderr=subprocess.DEVNULL, text=True, env=env,
+            stderr=(tmp_path / "connector.log").open("w"), text=True, env=env,
         )
         _wait_for_line(edge, r"connector \d+ from .* serves 127\.0\.0\.0/8")
         connector.terminate()
-        assert connector.wait(10) == 0
+        assert connector.wait(30) == 0, (tmp_path / "connector.log").read_text()
         edge.terminate()
-        assert edge.wait(10) == 0
+        assert edge.wait(30) == 0
     finally:
         for proc in (connector, edge):
             if proc is not None and proc.poll() is None:

@@ -347,3 +347,23 @@ def test_ca_bundle_trust_accepts_the_edge_and_rejects_another_ca(host: str, tmp_
                            token=CLIENT_TOKEN, timeout=3)
 
     run(body)
+
+
+def test_oversize_payloads_are_dropped_and_counted_both_ways() -> None:
+    async def body() -> None:
+        async with running_edge() as edge, udp_echo_server() as (echo, port):
+            connector = await started(make_connector(edge))
+            client, _, inbox = await dial_client(edge)
+            rid, answers = await udp_exchange(client, inbox, "127.0.0.1", port, b"first")
+            # Destination -> client: an answer over 1280 bytes cannot be carried.
+            client.send_datagrams([encode_udp_payload(rid, b"big")])
+            sessions = connector.udp_sessions
+            await wait_for(lambda: sessions.drops["udp_oversize_from_destination"] == 1)
+            # Client -> destination: a payload datagram over 1280 bytes is malformed at the edge.
+            client.send_datagrams([b"\x01" + rid + bytes(1281)])
+            await wait_for(lambda: sum(edge.router.drops.values()) == 1)
+            assert edge.router.drops == {"malformed_payload_too_large": 1}
+            assert echo.received == [b"first", b"big"] and len(inbox.items) == 2
+            await connector.close()
+
+    run(body)

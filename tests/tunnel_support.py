@@ -135,7 +135,7 @@ async def dial_client(edge: Edge, token: str = CLIENT_TOKEN, host: str = "127.0.
 
 
 class UdpEcho(asyncio.DatagramProtocol):
-    """Echoes every UDP payload back, prefixed with b'echo:'."""
+    """Echoes every UDP payload back, prefixed with b'echo:'; answers b'big' with 1400 bytes."""
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -143,7 +143,7 @@ class UdpEcho(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.received.append(data)
-        self.transport.sendto(b"echo:" + data, addr)
+        self.transport.sendto(b"x" * 1400 if data == b"big" else b"echo:" + data, addr)
 
 
 @contextlib.asynccontextmanager

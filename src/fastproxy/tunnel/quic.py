@@ -14,6 +14,11 @@ as they are drained (no event objects), and the application gets that list in on
 callback per received UDP batch. Sending queues frames straight into the native core
 and flushes them with one transmit per event-loop iteration, whatever the number of
 frames queued.
+
+Socket I/O: both sides use qh3's quinn-udp transport (recvmmsg with GRO, sendmsg with
+GSO on Linux). On the server, each receive batch is demultiplexed by connection id first;
+each connection then decrypts its share in one native call, processes events once and
+transmits once. (fastproxy.batchio is not used here: qh3 already batches this socket.)
 """
 
 from __future__ import annotations

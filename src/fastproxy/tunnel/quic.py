@@ -43,6 +43,9 @@ from .certs import normalize_pin
 
 __all__ = [
     "ALPN",
+    "CONTROL_STREAM_ID",
+    "IDLE_TIMEOUT",
+    "KEEPALIVE_INTERVAL",
     "MAX_DATAGRAM_FRAME_SIZE",
     "MAX_UDP_PAYLOAD",
     "ControlHandler",
@@ -51,6 +54,7 @@ __all__ = [
     "TunnelConnection",
     "TunnelServer",
     "Trust",
+    "client_configuration",
     "connect",
     "serve",
 ]

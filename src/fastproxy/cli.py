@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .tunnel.commands import add_tunnel_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``fastproxy`` command."""
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, parse, NAT and checksum packets with the compiled core and its "
         "pure-Python twin, check that both agree, and print each step. Exits 0 only if all agree.",
     )
+    add_tunnel_commands(commands)
     return parser
 
 
@@ -30,4 +33,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .selfcheck import run_selfcheck
 
         return run_selfcheck(sys.stdout)
+    if hasattr(args, "run"):
+        return int(args.run(args))
     raise AssertionError(args.command)

@@ -1,0 +1,1 @@
+"""The tunnel: QUIC transport, control stream, edge routing, connector UDP sessions."""

@@ -1,0 +1,86 @@
+"""Dialling the edge: QUIC handshake, then hello (and announce) on the control stream,
+then the edge's welcome. Shared by connectors and clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..errors import FastproxyError
+from . import quic
+from .control import (
+    ROLE_CONNECTOR,
+    Announce,
+    ControlDecoder,
+    Error,
+    Hello,
+    MalformedControlMessage,
+    Network,
+    Welcome,
+    encode_message,
+)
+
+__all__ = ["TunnelRejected", "dial"]
+
+
+class TunnelRejected(FastproxyError, ConnectionError):
+    """The edge refused the connection (``code`` is a control ERROR_* code, or the QUIC
+    close code; ``reason`` is the edge's text)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"edge refused the connection (code {code}): {reason}")
+
+
+async def dial(
+    host: str,
+    port: int,
+    *,
+    trust: quic.Trust,
+    role: str,
+    token: str,
+    prefixes: Sequence[Network] = (),
+    on_datagrams: quic.DatagramHandler | None = None,
+    timeout: float = 10.0,
+) -> tuple[quic.TunnelConnection, Welcome]:
+    """Connect to the edge as ``role`` and wait for its welcome. Raises TunnelRejected if
+    the edge refuses, ConnectionError if the handshake fails (wrong pin...), TimeoutError."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[Welcome] = loop.create_future()
+    decoder = ControlDecoder()
+
+    def on_control(connection: quic.TunnelConnection, data: bytes) -> None:
+        try:
+            messages = decoder.feed(data)
+        except MalformedControlMessage as exc:
+            if not answer.done():
+                answer.set_exception(TunnelRejected(0, f"malformed control message from the edge: {exc}"))
+            connection.close(1, "malformed control message")
+            return
+        for message in messages:
+            if answer.done():
+                continue
+            if isinstance(message, Welcome):
+                answer.set_result(message)
+            elif isinstance(message, Error):
+                answer.set_exception(TunnelRejected(message.code, message.reason))
+
+    def on_closed(connection: quic.TunnelConnection, code: int, reason: str) -> None:
+        if not answer.done():
+            answer.set_exception(TunnelRejected(code, reason or "connection closed"))
+
+    connection = await quic.connect(
+        host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, on_closed=on_closed,
+        timeout=timeout,
+    )
+    message = encode_message(Hello(role, token))
+    if role == ROLE_CONNECTOR:
+        message += encode_message(Announce(tuple(prefixes)))
+    connection.send_control(message)
+    try:
+        welcome = await asyncio.wait_for(answer, timeout)
+    except BaseException:
+        connection.close(0, "no welcome")
+        raise
+    return connection, welcome

@@ -1,0 +1,443 @@
+"""The QUIC transport of the tunnel: the one module that imports the QUIC library (qh3).
+
+Everything else in fastproxy talks to a :class:`TunnelConnection`: batches of QUIC
+DATAGRAM frames in and out (RFC 9221), one bidirectional control stream, and a close
+with an application error code and reason. TLS 1.3 with ALPN ``fastproxy``.
+
+Why qh3 (bench/RESULTS.md, section quic): its connection state machine is native code,
+so its per-datagram Python cost is several times lower than aioquic's.
+
+Datagram fast path: qh3 turns each received DATAGRAM frame into an event object in a
+generic queue that the asyncio protocol then walks one by one. Here the connection's
+native event drain is intercepted: DATAGRAM payloads are peeled off into a plain list
+as they are drained (no event objects), and the application gets that list in one
+callback per received UDP batch. Sending queues frames straight into the native core
+and flushes them with one transmit per event-loop iteration, whatever the number of
+frames queued.
+
+Socket I/O: both sides use qh3's quinn-udp transport (recvmmsg with GRO, sendmsg with
+GSO on Linux). On the server, each receive batch is demultiplexed by connection id first;
+each connection then decrypts its share in one native call, processes events once and
+transmits once. (fastproxy.batchio is not used here: qh3 already batches this socket.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.asyncio._transport import create_optimized_datagram_transport
+from qh3.asyncio.server import QuicServer
+from qh3.quic import events
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+
+from .certs import normalize_pin
+
+__all__ = [
+    "ALPN",
+    "CONTROL_STREAM_ID",
+    "IDLE_TIMEOUT",
+    "KEEPALIVE_INTERVAL",
+    "MAX_DATAGRAM_FRAME_SIZE",
+    "MAX_UDP_PAYLOAD",
+    "ControlHandler",
+    "CloseHandler",
+    "DatagramHandler",
+    "TunnelConnection",
+    "TunnelServer",
+    "Trust",
+    "client_configuration",
+    "connect",
+    "serve",
+]
+
+log = logging.getLogger("fastproxy.tunnel.quic")
+
+ALPN = "fastproxy"
+# The largest tunnel datagram is a UDP registration with an IPv6 destination (38 bytes
+# of header) and a bundled 1280-byte payload: 1318 bytes. Leave a little headroom.
+MAX_DATAGRAM_FRAME_SIZE = 1350
+# UDP payload of a QUIC packet: fits a 1500-byte IPv6 path (1500 - 40 - 8), and leaves
+# room for the largest datagram frame plus the short header and AEAD tag.
+MAX_UDP_PAYLOAD = 1452
+# A silent connection is closed after IDLE_TIMEOUT; the dialling side pings every
+# KEEPALIVE_INTERVAL so an idle connector or client stays up, and a dead peer is noticed
+# within IDLE_TIMEOUT.
+IDLE_TIMEOUT = 20.0
+KEEPALIVE_INTERVAL = 5.0
+# The client opens the first bidirectional stream; its id is 0 (RFC 9000 2.1).
+CONTROL_STREAM_ID = 0
+
+DatagramHandler = Callable[["TunnelConnection", list[bytes]], None]
+ControlHandler = Callable[["TunnelConnection", bytes], None]
+CloseHandler = Callable[["TunnelConnection", int, str], None]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """How a client or connector checks the edge's certificate: exactly one of a SHA-256
+    ``pin`` (hex, ``:`` optional), a ``cafile`` (PEM bundle), or ``insecure``."""
+
+    pin: str | None = None
+    cafile: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = sum((self.pin is not None, self.cafile is not None, self.insecure))
+        if chosen != 1:
+            raise ValueError("choose exactly one of pin, cafile, insecure")
+        if self.pin is not None:
+            object.__setattr__(self, "pin", normalize_pin(self.pin))
+
+
+def _base_configuration(is_client: bool) -> QuicConfiguration:
+    return QuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+        max_datagram_size=MAX_UDP_PAYLOAD,
+        idle_timeout=IDLE_TIMEOUT,
+    )
+
+
+class _NativeEventFilter:
+    """Stands in for the native core while the library drains events: hands the library
+    every event except DATAGRAM frames, whose payloads go straight into ``batch``."""
+
+    __slots__ = ("_core", "_held", "_batch")
+
+    def __init__(self, core: Any, held: tuple[Any, ...], batch: list[bytes]) -> None:
+        self._core = core
+        self._held: tuple[Any, ...] | None = held
+        self._batch = batch
+
+    def next_event(self) -> tuple[Any, ...] | None:
+        if self._held is not None:
+            event, self._held = self._held, None
+            return event
+        next_event = self._core.next_event
+        while True:
+            event = next_event()
+            if event is None or event[0] != "datagram":
+                return event
+            self._batch.append(event[1])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+class _FastConnection(QuicConnection):
+    """qh3's connection with DATAGRAM frames collected into a list instead of events."""
+
+    datagram_batch: list[bytes]
+
+    def _drain_core(self) -> None:
+        core = self._core
+        batch = self.datagram_batch
+        next_event = core.next_event
+        while True:
+            event = next_event()
+            if event is None:
+                return
+            if event[0] != "datagram":
+                break
+            batch.append(event[1])
+        # A rare event (handshake, stream data, close...): let the library handle it and
+        # everything after it, still keeping datagrams out of its queue.
+        self._core = _NativeEventFilter(core, event, batch)
+        try:
+            super()._drain_core()
+        finally:
+            if isinstance(self._core, _NativeEventFilter):
+                self._core = core
+
+
+class TunnelConnection(QuicConnectionProtocol):
+    """One QUIC connection of the tunnel (either side).
+
+    Set ``on_datagrams``, ``on_control`` and ``on_closed`` to receive; they are called on
+    the event loop. Counters: ``datagrams_in``, ``datagrams_out``, ``datagrams_dropped_closed``.
+    """
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
+        quic.__class__ = _FastConnection  # same object layout; only _drain_core differs
+        quic.datagram_batch = []
+        super().__init__(quic, stream_handler)
+        self.on_datagrams: DatagramHandler | None = None
+        self.on_control: ControlHandler | None = None
+        self.on_closed: CloseHandler | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.remote_address: Any = None
+        self.datagrams_in = 0
+        self.datagrams_out = 0
+        self.datagrams_dropped_closed = 0
+        self._terminated = False
+        self._server: _BatchingServer | None = None
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_datagrams(self, datagrams: list[bytes]) -> None:
+        """Queue DATAGRAM frames; one transmit per event-loop iteration sends them all."""
+        if self._terminated:
+            self.datagrams_dropped_closed += len(datagrams)
+            return
+        core = self._quic._core
+        send = core.send_datagram
+        try:
+            for data in datagrams:
+                send(data)
+        except RuntimeError:  # the native core refuses once the connection is closing
+            self.datagrams_dropped_closed += len(datagrams)
+            return
+        self.datagrams_out += len(datagrams)
+        self._transmit_soon()
+
+    def send_datagram(self, data: bytes) -> None:
+        """Queue one DATAGRAM frame (see send_datagrams)."""
+        self.send_datagrams([data])
+
+    def send_control(self, data: bytes) -> None:
+        """Append bytes to the control stream."""
+        if self._terminated:
+            return
+        self._quic.send_stream_data(CONTROL_STREAM_ID, data)
+        self._transmit_soon()
+
+    def close(self, error_code: int = 0, reason: str = "") -> None:  # type: ignore[override]
+        """Close the connection with an application error code and reason for the peer."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = error_code, reason
+        self._quic.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+
+    def start_keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> None:
+        """Send a QUIC PING every ``interval`` seconds until the connection ends."""
+
+        def ping() -> None:
+            if self._terminated:
+                return
+            self._quic.send_ping(0)
+            self.transmit()
+            self._loop.call_later(interval, ping)
+
+        self._loop.call_later(interval, ping)
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is terminated (by either side or by timeout)."""
+        return self._terminated
+
+    # -- receiving -------------------------------------------------------------
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        server = self._server
+        if server is not None and server.pending is not None:
+            # Inside a receive batch of the server socket: processed once the batch is in.
+            server.pending.setdefault(self, []).append(data)  # type: ignore[arg-type]
+            return
+        self.remote_address = addr
+        self._quic.receive_datagram(data, addr, now=self._loop_time())  # type: ignore[arg-type]
+        self._after_receive()
+
+    def datagrams_received(self, data: list[bytes], addr: Any) -> None:
+        self.remote_address = addr
+        self._quic.receive_many_datagrams(data, addr, now=self._loop_time())
+        self._after_receive()
+
+    def _handle_timer(self) -> None:
+        super()._handle_timer()
+        self._deliver_datagrams()
+
+    def _after_receive(self) -> None:
+        self._process_events()
+        self._deliver_datagrams()
+        self.transmit()
+
+    def _deliver_datagrams(self) -> None:
+        quic = self._quic
+        batch = quic.datagram_batch
+        if batch:
+            quic.datagram_batch = []
+            self.datagrams_in += len(batch)
+            handler = self.on_datagrams
+            if handler is not None and not self._terminated:
+                handler(self, batch)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            if event.stream_id == CONTROL_STREAM_ID:
+                if event.data and self.on_control is not None:
+                    self.on_control(self, event.data)
+            else:
+                self.close(0x1, "only the control stream may be opened")
+        elif isinstance(event, events.ConnectionTerminated):
+            self._terminated = True
+            if self.close_code is None:
+                self.close_code, self.close_reason = event.error_code, event.reason_phrase
+            if self.on_closed is not None:
+                self.on_closed(self, event.error_code, event.reason_phrase)
+
+
+class TunnelServer:
+    """A listening tunnel endpoint (the edge's QUIC server)."""
+
+    def __init__(self, server: QuicServer) -> None:
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        """The UDP port it listens on."""
+        return int(self._server._transport.get_extra_info("sockname")[1])
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) it listens on."""
+        sockname = self._server._transport.get_extra_info("sockname")
+        return sockname[0], sockname[1]
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        self._server.close()
+
+
+class _BatchingServer(QuicServer):
+    """qh3's server protocol fed by recvmmsg/GRO batches (qh3's optimized transport, which
+    also sends with GSO): each batch is demultiplexed by connection id first, then every
+    connection takes its share in one call, processes its events once, hands the
+    application one datagram list and transmits once."""
+
+    pending: dict[TunnelConnection, list[bytes]] | None = None
+
+    def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
+        pending: dict[TunnelConnection, list[bytes]] = {}
+        self.pending = pending
+        try:
+            for data in datagrams:
+                self.datagram_received(data, addr)
+        finally:
+            self.pending = None
+        for connection, batch in pending.items():
+            connection.datagrams_received(batch, addr)
+
+
+async def serve(
+    host: str,
+    port: int,
+    *,
+    cert_file: str,
+    key_file: str,
+    on_connection: Callable[[TunnelConnection], None],
+) -> TunnelServer:
+    """Listen for tunnel connections; ``on_connection`` is called with each new one
+    (before its handshake completes) and sets its handlers."""
+    configuration = _base_configuration(is_client=False)
+    configuration.load_cert_chain(cert_file, key_file)
+    loop = asyncio.get_running_loop()
+    server_box: list[_BatchingServer] = []
+
+    def create_protocol(quic: QuicConnection, stream_handler: Any = None) -> TunnelConnection:
+        connection = TunnelConnection(quic, stream_handler)
+        connection._server = server_box[0]
+        on_connection(connection)
+        return connection
+
+    server = _BatchingServer(configuration=configuration, create_protocol=create_protocol)
+    server_box.append(server)
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    await create_optimized_datagram_transport(loop, lambda: server, sock=sock)
+    return TunnelServer(server)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def client_configuration(trust: Trust, server_name: str | None = None) -> QuicConfiguration:
+    """The QUIC client configuration for ``trust``."""
+    configuration = _base_configuration(is_client=True)
+    configuration.server_name = server_name
+    if trust.insecure:
+        configuration.verify_mode = ssl.CERT_NONE
+    elif trust.pin is not None:
+        # The pin replaces chain and name checks: a self-signed edge has no CA.
+        configuration.verify_mode = ssl.CERT_NONE
+        configuration.assert_fingerprint = trust.pin
+    else:
+        configuration.verify_mode = ssl.CERT_REQUIRED
+        configuration.load_verify_locations(cafile=trust.cafile)
+    return configuration
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    trust: Trust,
+    on_datagrams: DatagramHandler | None = None,
+    on_control: ControlHandler | None = None,
+    on_closed: CloseHandler | None = None,
+    server_name: str | None = None,
+    timeout: float = 10.0,
+) -> TunnelConnection:
+    """Open a tunnel connection and wait for its handshake (ConnectionError on failure,
+    e.g. a certificate that does not match the pin; TimeoutError after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        if server_name is None and not _is_ip_literal(host):
+            server_name = host
+        quic = QuicConnection(configuration=client_configuration(trust, server_name))
+        transport, protocol = await create_optimized_datagram_transport(
+            loop, lambda: TunnelConnection(quic), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    connection: TunnelConnection = protocol  # type: ignore[assignment]
+    connection.on_datagrams = on_datagrams
+    connection.on_control = on_control
+    connection.on_closed = on_closed
+    connection.remote_address = addr
+    connection._udp_transport = transport  # type: ignore[attr-defined]
+    original_closed = connection._closed
+
+    async def close_transport_when_done() -> None:
+        await original_closed.wait()
+        transport.close()
+
+    connection._transport_closer = loop.create_task(close_transport_when_done())  # type: ignore[attr-defined]
+    try:
+        connection.connect(addr)
+        await asyncio.wait_for(connection.wait_connected(), timeout)
+    except BaseException:
+        connection.close(0, "handshake failed")
+        transport.close()
+        raise
+    # Open the control stream now so its id is fixed (stream 0) before any message.
+    stream_id = quic._open_stream()
+    assert stream_id == CONTROL_STREAM_ID, stream_id
+    connection.start_keepalive()
+    return connection

@@ -649,6 +649,14 @@ class Edge:
             counts[self._roles.get(conn_id, "pending")] += 1
         return counts
 
+    def datagram_totals(self) -> tuple[int, int]:
+        """QUIC datagrams (received, sent) over every connection so far."""
+        received, sent = self.stats["datagrams_in_closed"], self.stats["datagrams_out_closed"]
+        for connection in self._connections.values():
+            received += connection.datagrams_in
+            sent += connection.datagrams_out
+        return received, sent
+
     async def start(self, host: str, port: int) -> None:
         """Start listening."""
         self._server = await quic.serve(
@@ -734,7 +742,9 @@ class Edge:
 
     def _on_closed(self, connection: quic.TunnelConnection, code: int, reason: str) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
-        self._connections.pop(conn_id, None)
+        if self._connections.pop(conn_id, None) is not None:
+            self.stats["datagrams_in_closed"] += connection.datagrams_in
+            self.stats["datagrams_out_closed"] += connection.datagrams_out
         self._decoders.pop(conn_id, None)
         self._roles.pop(conn_id, None)
         gone = None

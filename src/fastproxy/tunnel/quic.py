@@ -42,7 +42,7 @@ from qh3.asyncio._transport import create_optimized_datagram_transport
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 
 from .certs import normalize_pin
 
@@ -233,7 +233,10 @@ class TunnelConnection(QuicConnectionProtocol):
         def ping() -> None:
             if self._terminated:
                 return
-            self._quic.send_ping(0)
+            try:
+                self._quic.send_ping(0)
+            except QuicConnectionError:  # refused once the connection is closing: no more pings
+                return
             self.transmit()
             self._loop.call_later(interval, ping)
 

@@ -217,7 +217,10 @@ class TunnelConnection(QuicConnectionProtocol):
         """Append bytes to the control stream."""
         if self._terminated:
             return
-        self._quic.send_stream_data(CONTROL_STREAM_ID, data)
+        try:
+            self._quic.send_stream_data(CONTROL_STREAM_ID, data)
+        except QuicConnectionError:  # closing: the peer will not read it anyway
+            return
         self._transmit_soon()
 
     def close(self, error_code: int = 0, reason: str = "") -> None:  # type: ignore[override]

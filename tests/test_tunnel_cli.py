@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastproxy.tunnel.commands import parse_host_port, resolve_tokens
+from tests.conftest import require_root
 from tests.tunnel_support import free_udp_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -67,7 +68,9 @@ def _scrape(port: int) -> str:
         return response.read().decode()
 
 
+@pytest.mark.privileged
 def test_edge_and_connector_processes_with_metrics(tmp_path: Path) -> None:
+    require_root("the connector's raw-socket ICMP backend")
     port = free_udp_port()
     edge_metrics, connector_metrics = _free_tcp_port(), _free_tcp_port()
     env = dict(os.environ, PYTHONPATH=SRC, FP_CONNECTOR_TOKEN="k-secret")

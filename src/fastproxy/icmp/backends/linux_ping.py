@@ -22,7 +22,7 @@ import struct
 
 from fastproxy._impl import core
 
-from . import BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure
+from . import BackendFlow, BackendUnavailable, PerPacketBackend, ReceivedPacket, SendFailure
 from ._wire import address_bytes, address_text, wrap_icmp_message
 
 __all__ = ["PingSocketBackend", "parse_extended_error", "ping_sockets_allowed"]
@@ -107,7 +107,7 @@ class _PingFlow:
         self.requests: dict[int, tuple[bytes, int]] = {}
 
 
-class PingSocketBackend(IcmpBackend):
+class PingSocketBackend(PerPacketBackend):
     """ICMP through Linux ping sockets, one per flow (no privilege needed).
 
     ``max_kept_requests``: requests remembered per flow to quote in errors.

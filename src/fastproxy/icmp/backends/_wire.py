@@ -1,13 +1,15 @@
-"""Helpers shared by backends whose sockets give ICMP messages without the IP header."""
+"""Helpers shared by the backends: batched sends, and packets rebuilt for sockets that give ICMP messages
+without the IP header."""
 
 from __future__ import annotations
 
+import errno as errno_codes
 import socket
 import struct
 
 from fastproxy._impl import core
 
-__all__ = ["address_bytes", "address_text", "wrap_icmp_message"]
+__all__ = ["address_bytes", "address_text", "send_slots", "wrap_icmp_message"]
 
 _ICMPV6 = 58
 
@@ -45,3 +47,27 @@ def address_bytes(text: str) -> bytes:
     if ":" in text:
         return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
     return socket.inet_pton(socket.AF_INET, text)
+
+
+def send_slots(batch: core.PacketBatch, sock: socket.socket | int, start: int, count: int) -> list[tuple[int, int]]:
+    """Send slots [start, start+count) of ``batch`` on ``sock``; returns the ``(slot, errno)`` pairs
+    that could not be sent.
+
+    One sendmmsg when all goes well. sendmmsg reports an error only for the first
+    message of a call, so a refused slot is reported and the rest retried after
+    it; a full socket buffer loses the rest (ENOBUFS), as a router would.
+    """
+    failures: list[tuple[int, int]] = []
+    end = start + count
+    while start < end:
+        try:
+            sent = batch.send(sock, end - start, start)
+        except OSError as exc:
+            failures.append((start, exc.errno or 0))
+            start += 1
+            continue
+        if sent <= 0:
+            failures.extend((slot, errno_codes.ENOBUFS) for slot in range(start, end))
+            break
+        start += sent
+    return failures

@@ -1,8 +1,9 @@
 """Linux unprivileged ICMP "ping sockets" (SOCK_DGRAM, IPPROTO_ICMP / IPPROTO_ICMPV6).
 
 One socket per flow, bound to the flow's assigned echo id (the kernel uses the
-bound port as the echo id and demultiplexes replies by it). TTL / hop limit by
-setsockopt when it changes. ICMP errors caused by our requests arrive on the
+bound port as the echo id and demultiplexes replies by it). Requests go out in
+one sendmmsg per flow and flush, each with its TTL / hop limit as ancillary
+data (``PacketBatch``); replies come in one recvmmsg per ready socket. ICMP errors caused by our requests arrive on the
 socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
 ``struct sock_extended_err`` with the offender's address; they are rebuilt as
 the ICMP error packet the client expects, quoting the request as sent (the last
@@ -23,24 +24,21 @@ import struct
 from fastproxy._impl import core
 
 from . import BackendFlow, BackendUnavailable, PerPacketBackend, ReceivedPacket, SendFailure
-from ._wire import address_bytes, address_text, wrap_icmp_message
+from ._wire import address_bytes, address_text, send_slots, wrap_icmp_message
 
 __all__ = ["PingSocketBackend", "parse_extended_error", "ping_sockets_allowed"]
 
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
 
 # Linux constants the socket module does not all export.
-_IP_TTL = 2
 _IP_RECVERR = 11
 _IP_RECVTTL = 12
 _IP_MTU_DISCOVER = 10
 _IP_PMTUDISC_PROBE = 3
-_IPV6_UNICAST_HOPS = 16
 _IPV6_MTU_DISCOVER = 23
 _IPV6_PMTUDISC_PROBE = 3
 _IPV6_RECVERR = 25
 _IPV6_RECVHOPLIMIT = 51
-_IPV6_HOPLIMIT = 52
 _MSG_ERRQUEUE = 0x2000
 _SO_EE_ORIGIN_ICMP = 2
 _SO_EE_ORIGIN_ICMP6 = 3
@@ -96,12 +94,14 @@ def parse_extended_error(data: bytes) -> tuple[int, int, int, int, int, bytes | 
 
 
 class _PingFlow:
-    __slots__ = ("flow", "sock", "ttl", "kernel_id", "requests")
+    __slots__ = ("flow", "sock", "fd", "address", "kernel_id", "requests")
 
     def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int) -> None:
         self.flow = flow
         self.sock = sock
-        self.ttl = -1
+        self.fd = sock.fileno()
+        text = address_text(flow.dst)
+        self.address: tuple[str, int] | tuple[str, int, int, int] = (text, 0) if flow.version == 4 else (text, 0, 0, 0)
         self.kernel_id = kernel_id
         # seq -> (ICMP message as sent, ttl): what an ICMP error about it must quote.
         self.requests: dict[int, tuple[bytes, int]] = {}
@@ -110,12 +110,13 @@ class _PingFlow:
 class PingSocketBackend(PerPacketBackend):
     """ICMP through Linux ping sockets, one per flow (no privilege needed).
 
-    ``max_kept_requests``: requests remembered per flow to quote in errors.
+    ``max_kept_requests``: requests remembered per flow to quote in errors;
+    ``batch_size``: slots of the send and receive batches.
     """
 
     name = "ping"
 
-    def __init__(self, *, max_kept_requests: int = 32) -> None:
+    def __init__(self, *, max_kept_requests: int = 32, batch_size: int = 64) -> None:
         allowed, why_not = ping_sockets_allowed()
         if not allowed:
             raise BackendUnavailable(why_not)
@@ -124,6 +125,8 @@ class PingSocketBackend(PerPacketBackend):
         self._by_fd: dict[int, _PingFlow] = {}
         self._by_flow: dict[BackendFlow, _PingFlow] = {}
         self._queue: list[tuple[_PingFlow, bytes, int]] = []
+        self._send = core.PacketBatch(batch_size)
+        self._recv = core.PacketBatch(batch_size)
         self._closed = False
 
     def open_flow(self, flow: BackendFlow) -> None:
@@ -173,31 +176,42 @@ class PingSocketBackend(PerPacketBackend):
         self._queue.append((state, bytes(message), ttl))
 
     def flush(self) -> list[SendFailure]:
-        """Send the queued requests, one sendto each."""
+        """Send the queued requests: per flow, one sendmmsg per batch of its requests."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return []
+        by_flow: dict[_PingFlow, list[int]] = {}
+        for index, (state, _message, _ttl) in enumerate(queue):
+            by_flow.setdefault(state, []).append(index)
         failures: list[SendFailure] = []
-        for index, (state, message, ttl) in enumerate(self._queue):
-            sock = state.sock
-            try:
-                if ttl != state.ttl:
-                    if state.flow.version == 4:
-                        sock.setsockopt(_SOL_IP, _IP_TTL, ttl)
-                    else:
-                        sock.setsockopt(_SOL_IPV6, _IPV6_UNICAST_HOPS, ttl)
-                    state.ttl = ttl
-                sock.sendto(message, (address_text(state.flow.dst), 0))
-            except OSError as exc:
-                failures.append(SendFailure(index, exc.errno or 0, 0))
-                continue
-            if len(message) >= 8:
-                requests = state.requests
-                requests[int.from_bytes(message[6:8], "big")] = (message, ttl)
-                if len(requests) > self._max_kept:
-                    del requests[next(iter(requests))]
-        self._queue.clear()
+        batch, size = self._send, len(self._send)
+        for state, indices in by_flow.items():
+            for first in range(0, len(indices), size):
+                chunk = indices[first : first + size]
+                for slot, index in enumerate(chunk):
+                    batch.set(slot, queue[index][1], state.address, queue[index][2])
+                failed = send_slots(batch, state.fd, 0, len(chunk))
+                for slot, err in failed:
+                    failures.append(SendFailure(chunk[slot], err, 0))
+                self._keep_requests(state, chunk, queue, {slot for slot, _err in failed})
         return failures
 
+    def _keep_requests(
+        self, state: _PingFlow, chunk: list[int], queue: list[tuple[_PingFlow, bytes, int]], failed: set[int]
+    ) -> None:
+        """Remember what was sent, by sequence number, to quote it in the errors it may cause."""
+        requests, kept = state.requests, self._max_kept
+        for slot, index in enumerate(chunk):
+            message, ttl = queue[index][1], queue[index][2]
+            if slot in failed or len(message) < 8:
+                continue
+            requests[int.from_bytes(message[6:8], "big")] = (message, ttl)
+            if len(requests) > kept:
+                del requests[next(iter(requests))]
+
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
-        """Replies and errors of every ready flow socket, rebuilt as whole IP packets."""
+        """Replies and errors of every ready flow socket, rebuilt as whole IP packets (stops once
+        ``limit`` is reached; one receive batch may take it over by less than a batch)."""
         out: list[ReceivedPacket] = []
         for fd, events in self._epoll.poll(0, limit):
             state = self._by_fd.get(fd)
@@ -214,23 +228,29 @@ class PingSocketBackend(PerPacketBackend):
     def _drain_replies(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
         flow = state.flow
         version = flow.version
+        batch = self._recv
+        size = len(batch)
+        unspecified = _UNSPECIFIED[version]
+        peer_text, peer = state.address[0], flow.dst
+        rewrite = state.kernel_id != flow.echo_id
         while len(out) < limit:
             try:
-                message, ancillary, _flags, address = state.sock.recvmsg(65535, _ANCILLARY_SIZE)
-            except (BlockingIOError, InterruptedError):
+                count = batch.recv(state.fd)
+            except OSError:  # a pending error is reported by a receive once; the error queue has it
                 return
-            except OSError:  # a pending error is reported by recvmsg once; the error queue has it
+            for i in range(count):
+                message = batch.data(i)
+                if len(message) < 8 or batch.truncated(i):
+                    continue
+                ttl = batch.ttl(i)
+                source = batch.address(i)[0]  # type: ignore[index]
+                packet = wrap_icmp_message(peer if source == peer_text else address_bytes(source), unspecified,
+                                           ttl if ttl >= 0 else 64, message)
+                if rewrite:
+                    core.rewrite_echo(packet, echo_id=flow.echo_id)
+                out.append(ReceivedPacket(bytes(packet), flow))
+            if count < size:
                 return
-            if len(message) < 8:
-                continue
-            ttl = 64
-            for level, kind, data in ancillary:
-                if (level, kind) in ((_SOL_IP, _IP_TTL), (_SOL_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
-                    ttl = struct.unpack("=i", data[:4])[0]
-            packet = wrap_icmp_message(address_bytes(address[0]), _UNSPECIFIED[version], ttl, message)
-            if state.kernel_id != flow.echo_id:
-                core.rewrite_echo(packet, echo_id=flow.echo_id)
-            out.append(ReceivedPacket(bytes(packet), flow))
 
     def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
         flow = state.flow

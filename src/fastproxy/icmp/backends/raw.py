@@ -24,6 +24,7 @@ import struct
 from fastproxy._impl import core
 
 from . import BackendUnavailable, BatchedBackend, SendFailure
+from ._wire import send_slots
 
 __all__ = ["DatagramIcmpEngine", "RawSocketBackend", "icmp_type_filter_v4", "icmp6_type_filter"]
 
@@ -111,25 +112,11 @@ class DatagramIcmpEngine(BatchedBackend):
         return tuple(self._sockets)
 
     def send_batch(self, family: int, batch: core.PacketBatch, count: int) -> list[SendFailure]:
-        """One sendmmsg for the whole batch where all goes well; a refused slot is reported and
-        the rest retried after it (sendmmsg reports an error only for its first message)."""
+        """One sendmmsg for the whole batch where all goes well (see :func:`send_slots`)."""
         sock = self._sockets.get(family)
         if sock is None:
             return [SendFailure(slot, errno_codes.EAFNOSUPPORT, 0) for slot in range(count)]
-        failures: list[SendFailure] = []
-        start = 0
-        while start < count:
-            try:
-                sent = batch.send(sock, count - start, start)
-            except OSError as exc:
-                failures.append(SendFailure(start, exc.errno or 0, 0))
-                start += 1
-                continue
-            if sent <= 0:  # socket buffer full: the rest is lost, as a router would lose it
-                failures.extend(SendFailure(slot, errno_codes.ENOBUFS, 0) for slot in range(start, count))
-                break
-            start += sent
-        return failures
+        return [SendFailure(slot, err, 0) for slot, err in send_slots(batch, sock, 0, count)]
 
     def receive_batch(self, fd: int) -> tuple[int, core.PacketBatch]:
         """One recvmmsg on the socket of ``fd`` into the backend's receive batch."""

@@ -12,6 +12,9 @@ from fastproxy._impl import core
 __all__ = ["address_bytes", "address_text", "send_slots", "wrap_icmp_message"]
 
 _ICMPV6 = 58
+_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")
+_CHECKSUM = struct.Struct("!H")
 
 
 def wrap_icmp_message(src: bytes, dst: bytes, ttl: int, message: bytes | bytearray | memoryview) -> bytearray:
@@ -24,16 +27,15 @@ def wrap_icmp_message(src: bytes, dst: bytes, ttl: int, message: bytes | bytearr
     """
     length = len(message)
     if len(src) == 4:
-        header = bytearray(
-            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, ttl & 0xFF, 1, 0, src, dst)
-        )
-        struct.pack_into("!H", header, 10, core.internet_checksum(header))
-        return header + message
-    packet = bytearray(struct.pack("!IHBB16s16s", 6 << 28, length, _ICMPV6, ttl & 0xFF, src, dst))
+        packet = bytearray(_IPV4_HEADER.pack(0x45, 0, 20 + length, 0, 0x4000, ttl & 0xFF, 1, 0, src, dst))
+        _CHECKSUM.pack_into(packet, 10, core.internet_checksum(packet))
+        packet += message
+        return packet
+    packet = bytearray(_IPV6_HEADER.pack(6 << 28, length, _ICMPV6, ttl & 0xFF, src, dst))
     packet += message
     packet[42:44] = b"\0\0"
     initial = core.pseudo_header_sum(src, dst, length, _ICMPV6)
-    struct.pack_into("!H", packet, 42, core.internet_checksum(memoryview(packet)[40:], initial))
+    _CHECKSUM.pack_into(packet, 42, core.internet_checksum(memoryview(packet)[40:], initial))
     return packet
 
 

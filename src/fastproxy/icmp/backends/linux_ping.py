@@ -1,9 +1,10 @@
 """Linux unprivileged ICMP "ping sockets" (SOCK_DGRAM, IPPROTO_ICMP / IPPROTO_ICMPV6).
 
 One socket per flow, bound to the flow's assigned echo id (the kernel uses the
-bound port as the echo id and demultiplexes replies by it). Requests go out in
-one sendmmsg per flow and flush, each with its TTL / hop limit as ancillary
-data (``PacketBatch``); replies come in one recvmmsg per ready socket. ICMP errors caused by our requests arrive on the
+bound port as the echo id and demultiplexes replies by it) and connected to the
+flow's destination (the kernel keeps the route; sends need no address). Requests
+go out in one sendmmsg per flow and run of equal TTL / hop limit (a socket
+option, set when it changes); replies come in one recvmmsg per ready socket. ICMP errors caused by our requests arrive on the
 socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
 ``struct sock_extended_err`` with the offender's address; they are rebuilt as
 the ICMP error packet the client expects, quoting the request as sent (the last
@@ -31,10 +32,12 @@ __all__ = ["PingSocketBackend", "parse_extended_error", "ping_sockets_allowed"]
 PING_GROUP_RANGE = "/proc/sys/net/ipv4/ping_group_range"
 
 # Linux constants the socket module does not all export.
+_IP_TTL = 2
 _IP_RECVERR = 11
 _IP_RECVTTL = 12
 _IP_MTU_DISCOVER = 10
 _IP_PMTUDISC_PROBE = 3
+_IPV6_UNICAST_HOPS = 16
 _IPV6_MTU_DISCOVER = 23
 _IPV6_PMTUDISC_PROBE = 3
 _IPV6_RECVERR = 25
@@ -94,14 +97,18 @@ def parse_extended_error(data: bytes) -> tuple[int, int, int, int, int, bytes | 
 
 
 class _PingFlow:
-    __slots__ = ("flow", "sock", "fd", "address", "kernel_id", "requests")
+    __slots__ = ("flow", "sock", "fd", "peer_text", "address", "ttl", "kernel_id", "requests")
 
-    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int) -> None:
+    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int, connected: bool) -> None:
         self.flow = flow
         self.sock = sock
         self.fd = sock.fileno()
-        text = address_text(flow.dst)
-        self.address: tuple[str, int] | tuple[str, int, int, int] = (text, 0) if flow.version == 4 else (text, 0, 0, 0)
+        self.peer_text = address_text(flow.dst)
+        # Where each request goes: nowhere to say for a connected socket.
+        self.address: tuple[str, int] | tuple[str, int, int, int] | None = None
+        if not connected:
+            self.address = (self.peer_text, 0) if flow.version == 4 else (self.peer_text, 0, 0, 0)
+        self.ttl = -1  # the socket's TTL / hop limit option, -1 until first set
         self.kernel_id = kernel_id
         # seq -> (ICMP message as sent, ttl): what an ICMP error about it must quote.
         self.requests: dict[int, tuple[bytes, int]] = {}
@@ -130,7 +137,9 @@ class PingSocketBackend(PerPacketBackend):
         self._closed = False
 
     def open_flow(self, flow: BackendFlow) -> None:
-        """Open the flow's ping socket, bound to its echo id (another id if that one is taken)."""
+        """Open the flow's ping socket, bound to its echo id (another id if that one is taken) and
+        connected to its destination (left unconnected when there is no route yet, so that each
+        send reports the error the client is answered with)."""
         if flow.version == 4:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             options = ((_SOL_IP, _IP_RECVERR, 1), (_SOL_IP, _IP_RECVTTL, 1),
@@ -152,11 +161,16 @@ class PingSocketBackend(PerPacketBackend):
                     raise
                 sock.bind((any_address, 0))  # the kernel picks a free id; replies are mapped back
             kernel_id = sock.getsockname()[1]
+            try:
+                sock.connect((address_text(flow.dst), 0))
+                connected = True
+            except OSError:
+                connected = False
             self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLERR)
         except BaseException:
             sock.close()
             raise
-        state = _PingFlow(flow, sock, kernel_id)
+        state = _PingFlow(flow, sock, kernel_id, connected)
         self._by_fd[sock.fileno()] = state
         self._by_flow[flow] = state
 
@@ -176,36 +190,63 @@ class PingSocketBackend(PerPacketBackend):
         self._queue.append((state, bytes(message), ttl))
 
     def flush(self) -> list[SendFailure]:
-        """Send the queued requests: per flow, one sendmmsg per batch of its requests."""
+        """Send the queued requests, flow by flow (see :meth:`_send_flow`)."""
         queue, self._queue = self._queue, []
         if not queue:
             return []
         by_flow: dict[_PingFlow, list[int]] = {}
-        for index, (state, _message, _ttl) in enumerate(queue):
-            by_flow.setdefault(state, []).append(index)
+        for index, item in enumerate(queue):
+            by_flow.setdefault(item[0], []).append(index)
         failures: list[SendFailure] = []
-        batch, size = self._send, len(self._send)
         for state, indices in by_flow.items():
-            for first in range(0, len(indices), size):
-                chunk = indices[first : first + size]
-                for slot, index in enumerate(chunk):
-                    batch.set(slot, queue[index][1], state.address, queue[index][2])
-                failed = send_slots(batch, state.fd, 0, len(chunk))
-                for slot, err in failed:
-                    failures.append(SendFailure(chunk[slot], err, 0))
-                self._keep_requests(state, chunk, queue, {slot for slot, _err in failed})
+            self._send_flow(state, indices, queue, failures)
         return failures
 
-    def _keep_requests(
-        self, state: _PingFlow, chunk: list[int], queue: list[tuple[_PingFlow, bytes, int]], failed: set[int]
+    def _send_flow(
+        self, state: _PingFlow, indices: list[int], queue: list[tuple[_PingFlow, bytes, int]],
+        failures: list[SendFailure],
     ) -> None:
-        """Remember what was sent, by sequence number, to quote it in the errors it may cause."""
+        """A flow's requests in order: one sendmmsg per run of equal TTL. The TTL is a socket option
+        set when it changes (a flow's TTL rarely does: traceroute's does, once per probe round),
+        which is cheaper than a TTL per message, whose ancillary data costs the kernel a lookup."""
+        batch, size = self._send, len(self._send)
+        run: list[int] = []
+        for index in indices:
+            _state, message, ttl = queue[index]
+            if run and (ttl != state.ttl or len(run) == size):
+                self._send_run(state, run, queue, failures)
+                run = []
+            if ttl != state.ttl:
+                try:
+                    if state.flow.version == 4:
+                        state.sock.setsockopt(_SOL_IP, _IP_TTL, ttl)
+                    else:
+                        state.sock.setsockopt(_SOL_IPV6, _IPV6_UNICAST_HOPS, ttl)
+                except OSError as exc:
+                    failures.append(SendFailure(index, exc.errno or 0, 0))
+                    continue
+                state.ttl = ttl
+            batch.set(len(run), message, state.address)
+            run.append(index)
+        if run:
+            self._send_run(state, run, queue, failures)
+
+    def _send_run(
+        self, state: _PingFlow, run: list[int], queue: list[tuple[_PingFlow, bytes, int]],
+        failures: list[SendFailure],
+    ) -> None:
+        """Send slots [0, len(run)) of the send batch on the flow's socket; remember what went, by
+        sequence number, to quote it in the errors it may cause."""
+        failed = send_slots(self._send, state.fd, 0, len(run))
+        for slot, err in failed:
+            failures.append(SendFailure(run[slot], err, 0))
+        skipped = {slot for slot, _err in failed}
         requests, kept = state.requests, self._max_kept
-        for slot, index in enumerate(chunk):
-            message, ttl = queue[index][1], queue[index][2]
-            if slot in failed or len(message) < 8:
+        for slot, index in enumerate(run):
+            message = queue[index][1]
+            if slot in skipped or len(message) < 8:
                 continue
-            requests[int.from_bytes(message[6:8], "big")] = (message, ttl)
+            requests[int.from_bytes(message[6:8], "big")] = (message, state.ttl)
             if len(requests) > kept:
                 del requests[next(iter(requests))]
 
@@ -231,7 +272,7 @@ class PingSocketBackend(PerPacketBackend):
         batch = self._recv
         size = len(batch)
         unspecified = _UNSPECIFIED[version]
-        peer_text, peer = state.address[0], flow.dst
+        peer_text, peer = state.peer_text, flow.dst
         rewrite = state.kernel_id != flow.echo_id
         while len(out) < limit:
             try:

@@ -60,9 +60,13 @@ class BackendUnavailable(FastproxyError):
     """The requested ICMP backend cannot run here; the message says what to change."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BackendFlow:
-    """One proxied flow: a client's (connection, source, destination, echo id) and its assigned echo id."""
+    """One proxied flow: a client's (connection, source, destination, echo id) and its assigned echo id.
+
+    The proxy makes one object per flow for the flow's lifetime, so flows compare
+    and hash by identity (a cheap dictionary key for per-flow backend state).
+    """
 
     conn_id: int
     client_src: bytes
@@ -84,7 +88,7 @@ class ReceivedPacket(NamedTuple):
     flow from the packet itself (raw sockets).
     """
 
-    packet: bytes
+    packet: bytes | bytearray
     flow: BackendFlow | None
 
 

@@ -4,7 +4,8 @@ One socket per flow, bound to the flow's assigned echo id (the kernel uses the
 bound port as the echo id and demultiplexes replies by it) and connected to the
 flow's destination (the kernel keeps the route; sends need no address). Requests
 go out in one sendmmsg per flow and run of equal TTL / hop limit (a socket
-option, set when it changes); replies come in one recvmmsg per ready socket. ICMP errors caused by our requests arrive on the
+option, set when it changes); replies come in one recvmmsg per ready socket,
+all into one shared batch. ICMP errors caused by our requests arrive on the
 socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
 ``struct sock_extended_err`` with the offender's address; they are rebuilt as
 the ICMP error packet the client expects, quoting the request as sent (the last
@@ -99,7 +100,7 @@ def parse_extended_error(data: bytes) -> tuple[int, int, int, int, int, bytes | 
 class _PingFlow:
     __slots__ = ("flow", "sock", "fd", "peer_text", "address", "ttl", "kernel_id", "requests")
 
-    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int, connected: bool) -> None:
+    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int, connected: bool, kept: int) -> None:
         self.flow = flow
         self.sock = sock
         self.fd = sock.fileno()
@@ -110,14 +111,15 @@ class _PingFlow:
             self.address = (self.peer_text, 0) if flow.version == 4 else (self.peer_text, 0, 0, 0)
         self.ttl = -1  # the socket's TTL / hop limit option, -1 until first set
         self.kernel_id = kernel_id
-        # seq -> (ICMP message as sent, ttl): what an ICMP error about it must quote.
-        self.requests: dict[int, tuple[bytes, int]] = {}
+        # (seq, ICMP message as sent, ttl) at seq % kept: what an ICMP error about it must quote.
+        self.requests: list[tuple[int, bytes, int] | None] = [None] * kept
 
 
 class PingSocketBackend(PerPacketBackend):
     """ICMP through Linux ping sockets, one per flow (no privilege needed).
 
-    ``max_kept_requests``: requests remembered per flow to quote in errors;
+    ``max_kept_requests``: requests remembered per flow to quote in errors (the last ones by
+    sequence number);
     ``batch_size``: slots of the send and receive batches.
     """
 
@@ -170,7 +172,7 @@ class PingSocketBackend(PerPacketBackend):
         except BaseException:
             sock.close()
             raise
-        state = _PingFlow(flow, sock, kernel_id, connected)
+        state = _PingFlow(flow, sock, kernel_id, connected, self._max_kept)
         self._by_fd[sock.fileno()] = state
         self._by_flow[flow] = state
 
@@ -240,15 +242,14 @@ class PingSocketBackend(PerPacketBackend):
         failed = send_slots(self._send, state.fd, 0, len(run))
         for slot, err in failed:
             failures.append(SendFailure(run[slot], err, 0))
-        skipped = {slot for slot, _err in failed}
-        requests, kept = state.requests, self._max_kept
+        skipped = {slot for slot, _err in failed} if failed else ()
+        requests, kept, ttl = state.requests, self._max_kept, state.ttl
         for slot, index in enumerate(run):
             message = queue[index][1]
             if slot in skipped or len(message) < 8:
                 continue
-            requests[int.from_bytes(message[6:8], "big")] = (message, state.ttl)
-            if len(requests) > kept:
-                del requests[next(iter(requests))]
+            seq = int.from_bytes(message[6:8], "big")
+            requests[seq % kept] = (seq, message, ttl)
 
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         """Replies and errors of every ready flow socket, rebuilt as whole IP packets (stops once
@@ -289,7 +290,7 @@ class PingSocketBackend(PerPacketBackend):
                                            ttl if ttl >= 0 else 64, message)
                 if rewrite:
                     core.rewrite_echo(packet, echo_id=flow.echo_id)
-                out.append(ReceivedPacket(bytes(packet), flow))
+                out.append(ReceivedPacket(packet, flow))
             if count < size:
                 return
 
@@ -324,9 +325,10 @@ class PingSocketBackend(PerPacketBackend):
         version = flow.version
         if len(quoted) < 8:
             return None
-        sent = state.requests.get(int.from_bytes(quoted[6:8], "big"))
-        if sent is not None:
-            message, sent_ttl = sent
+        seq = int.from_bytes(quoted[6:8], "big")
+        sent = state.requests[seq % self._max_kept]
+        if sent is not None and sent[0] == seq:
+            _seq, message, sent_ttl = sent
         else:  # older than what we keep: quote what the router quoted
             message, sent_ttl = quoted, 64
         request = bytearray(message)

@@ -17,6 +17,7 @@ Needs no privilege, only that one of the process's groups is inside
 
 from __future__ import annotations
 
+import array
 import errno as errno_codes
 import os
 import select
@@ -136,6 +137,7 @@ class PingSocketBackend(PerPacketBackend):
         self._queue: list[tuple[_PingFlow, bytes, int]] = []
         self._send = core.PacketBatch(batch_size)
         self._recv = core.PacketBatch(batch_size)
+        self._sources = array.array("i", bytes(4 * batch_size))  # recv_many: slot -> index of its socket
         self._closed = False
 
     def open_flow(self, flow: BackendFlow) -> None:
@@ -253,8 +255,14 @@ class PingSocketBackend(PerPacketBackend):
 
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         """Replies and errors of every ready flow socket, rebuilt as whole IP packets (stops once
-        ``limit`` is reached; one receive batch may take it over by less than a batch)."""
+        ``limit`` is reached; one receive batch may take it over by less than a batch).
+
+        The replies of all ready sockets go into one shared batch in one call
+        (``PacketBatch.recv_many``, one recvmmsg per socket), so the Python work
+        here is per packet, not per socket.
+        """
         out: list[ReceivedPacket] = []
+        ready: list[_PingFlow] = []
         for fd, events in self._epoll.poll(0, limit):
             state = self._by_fd.get(fd)
             if state is None:
@@ -262,37 +270,30 @@ class PingSocketBackend(PerPacketBackend):
             if events & select.EPOLLERR:
                 self._drain_errors(state, out, limit)
             if events & select.EPOLLIN:
-                self._drain_replies(state, out, limit)
-            if len(out) >= limit:
-                break
-        return out
-
-    def _drain_replies(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
-        flow = state.flow
-        version = flow.version
-        batch = self._recv
-        size = len(batch)
-        unspecified = _UNSPECIFIED[version]
-        peer_text, peer = state.peer_text, flow.dst
-        rewrite = state.kernel_id != flow.echo_id
-        while len(out) < limit:
-            try:
-                count = batch.recv(state.fd)
-            except OSError:  # a pending error is reported by a receive once; the error queue has it
-                return
+                ready.append(state)
+        batch, sources, size = self._recv, self._sources, len(self._recv)
+        fds = [state.fd for state in ready]
+        while fds and len(out) < limit:
+            count = batch.recv_many(fds, sources)
             for i in range(count):
+                state = ready[sources[i]]
                 message = batch.data(i)
                 if len(message) < 8 or batch.truncated(i):
                     continue
+                flow = state.flow
                 ttl = batch.ttl(i)
                 source = batch.address(i)[0]  # type: ignore[index]
-                packet = wrap_icmp_message(peer if source == peer_text else address_bytes(source), unspecified,
-                                           ttl if ttl >= 0 else 64, message)
-                if rewrite:
+                packet = wrap_icmp_message(flow.dst if source == state.peer_text else address_bytes(source),
+                                           bytes(len(flow.dst)), ttl if ttl >= 0 else 64, message)
+                if state.kernel_id != flow.echo_id:
                     core.rewrite_echo(packet, echo_id=flow.echo_id)
                 out.append(ReceivedPacket(packet, flow))
             if count < size:
-                return
+                break
+            # Full: the last slot's socket may hold more, and the ones after it were not read.
+            last = sources[count - 1]
+            fds, ready = fds[last:], ready[last:]
+        return out
 
     def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
         flow = state.flow

@@ -297,7 +297,6 @@ class PingSocketBackend(PerPacketBackend):
 
     def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
         flow = state.flow
-        version = flow.version
         while len(out) < limit:
             try:
                 quoted, ancillary, _flags, _address = state.sock.recvmsg(65535, _ANCILLARY_SIZE, _MSG_ERRQUEUE)
@@ -313,7 +312,7 @@ class PingSocketBackend(PerPacketBackend):
                 except ValueError:
                     continue
                 if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) or offender is None:
-                    continue  # local errors (EMSGSIZE...) were already reported by sendto
+                    continue  # local errors (EMSGSIZE...) were already reported by the send
                 packet = self._rebuild_error(state, quoted, offender, icmp_type, icmp_code, info)
                 if packet is not None:
                     out.append(ReceivedPacket(packet, flow))

@@ -526,3 +526,11 @@ def test_recv_many_skips_a_socket_whose_receive_fails(impl: ModuleType) -> None:
         assert bytes(batch.data(0)) == b"hello" and sources[0] == 1
         with pytest.raises(BlockingIOError):  # the error was consumed by the skipped receive
             refused.recv(100)
+
+
+def test_recv_many_wants_an_int_buffer(impl: ModuleType) -> None:
+    batch = impl.PacketBatch(2)
+    with pytest.raises(ValueError):
+        batch.recv_many([], array.array("d", [0.0] * 2))
+    with pytest.raises(TypeError):
+        batch.recv_many([], [0, 0])

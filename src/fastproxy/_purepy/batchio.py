@@ -17,7 +17,7 @@ import os
 import select
 import socket
 import sys
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Sequence
 
 __all__ = ["PacketBatch"]
 
@@ -223,17 +223,21 @@ class PacketBatch:
         self._count = n
         return n
 
-    def recv_many(self, socks: Sequence[socket.socket | int], sources: MutableSequence[int]) -> int:
+    def recv_many(self, socks: Sequence[socket.socket | int], sources: memoryview | bytearray | object) -> int:
         """Receive without blocking from each of ``socks`` in turn into one batch, filling slots from 0.
 
         ``sources[i]`` is set to the index in ``socks`` of the socket slot i came
         from (at least len(self) items). Each socket is read until it has nothing
         more or the batch is full; when full, the sockets after the one of the last
         slot were not read. A socket whose receive fails with an error is skipped.
-        Returns how many slots were filled (also ``count``).
+        Returns how many slots were filled (also ``count``). ``sources`` is a
+        writable buffer of C int, such as ``array('i')``.
         """
-        if len(sources) < self._slots:
-            raise ValueError(f"sources has {len(sources)} items, the batch {self._slots} slots")
+        out = memoryview(sources)  # type: ignore[arg-type]
+        if out.format != "i" or out.readonly:
+            raise ValueError("sources must be a writable buffer of C int, such as array('i')")
+        if len(out) < self._slots:
+            raise ValueError(f"sources has {len(out)} items, the batch {self._slots} slots")
         self._count = 0
         filled = 0
         for k, sock in enumerate(socks):
@@ -248,7 +252,7 @@ class PacketBatch:
                 if temporary:
                     s.detach()
             for j in range(filled, filled + got):
-                sources[j] = k
+                out[j] = k
             filled += got
         self._count = filled
         return filled

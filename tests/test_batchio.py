@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import random
@@ -472,3 +473,64 @@ def test_any_object_with_fileno_is_a_socket(impl: ModuleType, udp4: tuple[socket
     assert batch.recv(Wrapped(receiver)) == 1
     assert (bytes(batch.data(0)), batch.ttl(0)) == (b"wrapped", 12)
     assert sender.fileno() >= 0 and receiver.fileno() >= 0  # the wrappers closed nothing
+
+
+def test_recv_many_fills_one_batch_from_several_sockets(impl: ModuleType) -> None:
+    receivers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for rx in receivers:
+            rx.bind(("127.0.0.1", 0))
+            rx.setblocking(False)
+        for index, count in ((0, 2), (2, 3)):  # the middle socket gets nothing
+            for n in range(count):
+                sender.sendto(f"s{index}-{n}".encode(), receivers[index].getsockname())
+        for index in (0, 2):
+            wait_readable(receivers[index])
+        sources = array.array("i", [-1] * 4)
+        batch = impl.PacketBatch(4)
+        socks = [receivers[0], receivers[1].fileno(), receivers[2]]
+        assert batch.recv_many(socks, sources) == 4 == batch.count  # full: the last datagram waits
+        assert [bytes(batch.data(i)) for i in range(4)] == [b"s0-0", b"s0-1", b"s2-0", b"s2-1"]
+        assert list(sources) == [0, 0, 2, 2]
+        assert batch.address(2) == ("127.0.0.1", sender.getsockname()[1])
+        last = sources[3]
+        assert batch.recv_many(socks[last:], sources) == 1 and bytes(batch.data(0)) == b"s2-2" and sources[0] == 0
+        assert batch.recv_many(socks, sources) == 0 and batch.count == 0
+        assert batch.recv_many([], sources) == 0
+        with pytest.raises(ValueError, match="sources"):
+            batch.recv_many(socks, array.array("i", [0] * 3))
+    finally:
+        sender.close()
+        for rx in receivers:
+            rx.close()
+
+
+def test_recv_many_skips_a_socket_whose_receive_fails(impl: ModuleType) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as refused, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed_port, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as good:
+        closed_port.bind(("127.0.0.1", 0))
+        refused.connect(closed_port.getsockname())
+        closed_port.close()
+        refused.setblocking(False)
+        refused.send(b"nobody listens")  # the port unreachable comes back as a pending ECONNREFUSED
+        good.bind(("127.0.0.1", 0))
+        good.setblocking(False)
+        good.sendto(b"hello", good.getsockname())
+        wait_readable(good)
+        time.sleep(0.05)
+        sources = array.array("i", [-1] * 8)
+        batch = impl.PacketBatch(8)
+        assert batch.recv_many([refused, good], sources) == 1
+        assert bytes(batch.data(0)) == b"hello" and sources[0] == 1
+        with pytest.raises(BlockingIOError):  # the error was consumed by the skipped receive
+            refused.recv(100)
+
+
+def test_recv_many_wants_an_int_buffer(impl: ModuleType) -> None:
+    batch = impl.PacketBatch(2)
+    with pytest.raises(ValueError):
+        batch.recv_many([], array.array("d", [0.0] * 2))
+    with pytest.raises(TypeError):
+        batch.recv_many([], [0, 0])

@@ -210,6 +210,7 @@ class FlowTable:
 
 # ---- batchio ----
 import socket as _socket
+from collections.abc import Sequence
 
 class PacketBatch:
     """N preallocated packet slots for batched datagram socket I/O (recvmmsg / sendmmsg).
@@ -232,6 +233,10 @@ class PacketBatch:
     def count(self, value: int) -> None: ...
     def recv(self, sock: _socket.socket | int) -> int:
         """Receive up to len(self) datagrams without blocking into slots 0..; how many (0 if none waits)."""
+    def recv_many(self, socks: Sequence[_socket.socket | int], sources: WriteableBuffer) -> int:
+        """Receive from each of socks in turn into one batch from slot 0; sources[i] (an int buffer of
+        at least len(self) items) gets the index in socks of slot i's socket. A full batch leaves the
+        sockets after the last slot's unread; a socket whose receive fails is skipped. How many slots."""
     def send(self, sock: _socket.socket | int, count: int, start: int = 0) -> int:
         """Send slots [start, start+count) with their addresses and TTLs; how many went (partial on a full buffer)."""
     def data(self, i: int) -> memoryview:

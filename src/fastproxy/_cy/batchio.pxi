@@ -29,6 +29,7 @@
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.number cimport PyNumber_Index
+from libc.stdlib cimport free as _bio_free_mem, malloc as _bio_malloc
 
 import os as _bio_os
 import socket as _bio_socket
@@ -56,6 +57,7 @@ cdef extern from "fp_batchio.h" nogil:
     int fp_bio_init(fp_bio_batch *b, int slots, size_t slot_size)
     void fp_bio_free(fp_bio_batch *b)
     int fp_bio_recv(fp_bio_batch *b, int fd)
+    int fp_bio_recv_from(fp_bio_batch *b, int fd, int start)
     int fp_bio_send(fp_bio_batch *b, int fd, int start, int count)
     int fp_bio_set_addr4(fp_bio_batch *b, int i, const uint8_t *ip, uint16_t port)
     int fp_bio_set_addr6(fp_bio_batch *b, int i, const uint8_t *ip, uint16_t port,
@@ -196,6 +198,49 @@ cdef class PacketBatch:
         if n < 0:
             raise _bio_oserror(-n)
         return n
+
+    def recv_many(self, socks, int[::1] sources not None) -> int:
+        """Receive without blocking from each of ``socks`` in turn into one batch, filling slots from 0.
+
+        ``socks`` is a sequence of sockets or int file descriptors (for example the
+        ones epoll reports ready); ``sources[i]`` is set to the index in ``socks`` of
+        the socket slot i came from (``sources``: a writable int buffer, such as
+        ``array('i')``, of at least len(self) items). Each socket is read until it
+        has nothing more or the batch is full; when full, the sockets after the one
+        of the last slot were not read. A socket whose receive fails with an error
+        (such as a pending ICMP error, which a receive reports once) is skipped.
+        Returns how many slots were filled (also ``count``); one Python call for
+        many sockets, one recvmmsg each.
+        """
+        cdef Py_ssize_t n = len(socks), k
+        cdef int filled = 0, r, j
+        cdef int *fds
+        cdef int *out
+        if sources.shape[0] < self.bio.slots:
+            raise ValueError(f"sources has {sources.shape[0]} items, the batch {self.bio.slots} slots")
+        self.bio.count = 0
+        if n == 0:
+            return 0
+        out = &sources[0]
+        fds = <int *>_bio_malloc(<size_t>n * sizeof(int))
+        if fds == NULL:
+            raise MemoryError()
+        try:
+            for k in range(n):
+                fds[k] = _bio_fileno(socks[k])
+            with nogil:
+                for k in range(n):
+                    if filled == self.bio.slots:
+                        break
+                    r = fp_bio_recv_from(&self.bio, fds[k], filled)
+                    for j in range(filled, filled + r):  # r <= 0 (nothing, or an error): no slot
+                        out[j] = <int>k
+                    if r > 0:
+                        filled += r
+        finally:
+            _bio_free_mem(fds)
+        self.bio.count = filled
+        return filled
 
     def send(self, sock, count: int, start: int = 0) -> int:
         """Send slots [start, start+count) in one sendmmsg, without blocking.

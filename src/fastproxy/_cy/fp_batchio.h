@@ -8,6 +8,8 @@
  *   fp_bio_free(b)
  *   fp_bio_recv(b, fd)                 fill slots from 0 without blocking; count (0 when
  *                                      nothing waits) or -errno
+ *   fp_bio_recv_from(b, fd, start)     the same into slots [start, slots), leaving b->count
+ *                                      alone (to fill one batch from several sockets)
  *   fp_bio_send(b, fd, start, count)   send slots [start, start+count); how many went
  *                                      (a would-block after some = partial count), or -errno
  *   fp_bio_set_addr4/6, fp_bio_clear_addr, fp_bio_get_addr   slot address access by raw bytes
@@ -380,33 +382,38 @@ static inline void fp_bio_finish_recv(fp_bio_batch *b, int i) {
     b->ttls[i] = fp_bio_parse_ttl(mh);
 }
 
-static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
+static inline int fp_bio_recv_from(fp_bio_batch *b, fp_bio_sock fd, int start) {
     int i, n;
-    b->count = 0;
-    for (i = 0; i < b->slots; i++) fp_bio_prepare_recv(b, i);
+    if (start < 0 || start > b->slots) return -EINVAL;
+    for (i = start; i < b->slots; i++) fp_bio_prepare_recv(b, i);
 #ifdef FP_BIO_MMSG
-    for (n = 0; n < b->slots;) {
+    for (n = start; n < b->slots;) {
         int want = b->slots - n < FP_BIO_MMSG_CHUNK ? b->slots - n : FP_BIO_MMSG_CHUNK;
         int r = recvmmsg(fd, b->msgs + n, (unsigned int)want, MSG_DONTWAIT, NULL);
         if (r < 0) {
-            if (fp_bio_would_block(errno) || n > 0) break;
+            if (fp_bio_would_block(errno) || n > start) break;
             return -errno;
         }
         n += r;
         if (r < want) break;
     }
 #else
-    for (n = 0; n < b->slots; n++) {
+    for (n = start; n < b->slots; n++) {
         ssize_t r = recvmsg(fd, &b->msgs[n].msg_hdr, MSG_DONTWAIT);
         if (r < 0) {
-            if (fp_bio_would_block(errno) || n > 0) break; /* like recvmmsg: report what arrived */
+            if (fp_bio_would_block(errno) || n > start) break; /* like recvmmsg: report what arrived */
             return -errno;
         }
         b->msgs[n].msg_len = (unsigned int)r;
     }
 #endif
-    for (i = 0; i < n; i++) fp_bio_finish_recv(b, i);
-    b->count = n;
+    for (i = start; i < n; i++) fp_bio_finish_recv(b, i);
+    return n - start;
+}
+
+static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
+    int n = fp_bio_recv_from(b, fd, 0);
+    b->count = n > 0 ? n : 0;
     return n;
 }
 
@@ -497,17 +504,17 @@ static inline int fp_bio_readable(fp_bio_sock fd) {
     return select(0, &rd, NULL, NULL, &tv); /* 1 readable, 0 not, SOCKET_ERROR */
 }
 
-static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
+static inline int fp_bio_recv_from(fp_bio_batch *b, fp_bio_sock fd, int start) {
     int n;
-    b->count = 0;
-    for (n = 0; n < b->slots; n++) {
+    if (start < 0 || start > b->slots) return -WSAEINVAL;
+    for (n = start; n < b->slots; n++) {
         int r, err = 0, ready;
         fp_bio_socklen alen = (fp_bio_socklen)sizeof(struct sockaddr_storage);
         ready = fp_bio_readable(fd);
         if (ready == 0) break;
         if (ready == SOCKET_ERROR) {
             err = WSAGetLastError();
-            if (n > 0) break;
+            if (n > start) break;
             return -err;
         }
         r = recvfrom(fd, (char *)(b->base + (size_t)n * b->stride), (int)b->slot_size, 0,
@@ -519,7 +526,7 @@ static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
                 r = (int)b->slot_size;
                 b->flags[n] = FP_BIO_TRUNCATED;
             } else {
-                if (fp_bio_would_block(err) || n > 0) break;
+                if (fp_bio_would_block(err) || n > start) break;
                 return -err;
             }
         }
@@ -527,7 +534,12 @@ static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
         b->addrlens[n] = alen;
         b->ttls[n] = -1; /* recvfrom carries no ancillary data */
     }
-    b->count = n;
+    return n - start;
+}
+
+static inline int fp_bio_recv(fp_bio_batch *b, fp_bio_sock fd) {
+    int n = fp_bio_recv_from(b, fd, 0);
+    b->count = n > 0 ? n : 0;
     return n;
 }
 

@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import sys
+from collections.abc import Sequence
 
 __all__ = ["PacketBatch"]
 
@@ -215,16 +216,51 @@ class PacketBatch:
         self._count = 0
         s, temporary = _usable_socket(sock)
         try:
-            n = self._recv_loop(s)
+            n = self._recv_loop(s, 0)
         finally:
             if temporary:
                 s.detach()
         self._count = n
         return n
 
-    def _recv_loop(self, s: socket.socket) -> int:
+    def recv_many(self, socks: Sequence[socket.socket | int], sources: memoryview | bytearray | object) -> int:
+        """Receive without blocking from each of ``socks`` in turn into one batch, filling slots from 0.
+
+        ``sources[i]`` is set to the index in ``socks`` of the socket slot i came
+        from (at least len(self) items). Each socket is read until it has nothing
+        more or the batch is full; when full, the sockets after the one of the last
+        slot were not read. A socket whose receive fails with an error is skipped.
+        Returns how many slots were filled (also ``count``). ``sources`` is a
+        writable buffer of C int, such as ``array('i')``.
+        """
+        out = memoryview(sources)  # type: ignore[arg-type]
+        if out.format != "i" or out.readonly:
+            raise ValueError("sources must be a writable buffer of C int, such as array('i')")
+        if len(out) < self._slots:
+            raise ValueError(f"sources has {len(out)} items, the batch {self._slots} slots")
+        self._count = 0
+        filled = 0
+        for k, sock in enumerate(socks):
+            if filled == self._slots:
+                break
+            s, temporary = _usable_socket(sock)
+            try:
+                got = self._recv_loop(s, filled)
+            except OSError:  # skipped, as in the compiled core
+                got = 0
+            finally:
+                if temporary:
+                    s.detach()
+            for j in range(filled, filled + got):
+                out[j] = k
+            filled += got
+        self._count = filled
+        return filled
+
+    def _recv_loop(self, s: socket.socket, start: int) -> int:
+        """Receive into slots [start, slots); how many arrived."""
         size = self._slot_size
-        n = 0
+        n = start
         while n < self._slots:
             off = n * self._stride
             slot = self._view[off : off + size]
@@ -247,7 +283,7 @@ class PacketBatch:
             except BlockingIOError:
                 break
             except OSError:
-                if n > 0:
+                if n > start:
                     break  # like recvmmsg: report what arrived; the error comes back next call
                 raise
             self._lengths[n] = min(nbytes, size)
@@ -255,7 +291,7 @@ class PacketBatch:
             self._addrs[n] = _received_address(address)
             self._ttls[n] = ttl
             n += 1
-        return n
+        return n - start
 
     def send(self, sock: socket.socket | int, count: int, start: int = 0) -> int:
         """Send slots [start, start+count) without blocking.

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from .backends import BACKEND_NAMES, BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure, create_backend
+from .backends import (
+    BACKEND_NAMES,
+    BackendFlow,
+    BackendUnavailable,
+    BatchedBackend,
+    IcmpBackend,
+    PerPacketBackend,
+    ReceivedPacket,
+    SendFailure,
+    create_backend,
+)
 from .metrics import ICMP_DROP_REASONS, IcmpMetrics
 from .proxy import ClientPacket, IcmpProxy
 from .service import IcmpService
@@ -12,11 +22,13 @@ __all__ = [
     "ICMP_DROP_REASONS",
     "BackendFlow",
     "BackendUnavailable",
+    "BatchedBackend",
     "ClientPacket",
     "IcmpBackend",
     "IcmpMetrics",
     "IcmpProxy",
     "IcmpService",
+    "PerPacketBackend",
     "ReceivedPacket",
     "SendFailure",
     "create_backend",

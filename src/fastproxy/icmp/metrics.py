@@ -15,9 +15,11 @@ ICMP_DROP_REASONS: tuple[str, ...] = (
     "answer_rate_limited",
     "backend_open_failed",
     "backend_send_failed",
+    "packet_too_large",
     "reply_unknown_flow",
     "reply_bad_checksum",
     "reply_malformed",
+    "reply_truncated",
     "reply_spoofed",
     "reply_not_echo_or_error",
 )

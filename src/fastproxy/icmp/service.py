@@ -26,10 +26,13 @@ class IcmpService:
     """Runs an :class:`IcmpProxy` on the running event loop.
 
     ``send_to_client(packets)`` receives every batch of ``(conn_id, packet)``
-    the proxy produces. Feed client packets with :meth:`client_packets`; the
-    service reads the backend when its descriptors become readable and expires
-    idle flows every ``expire_interval`` seconds, scanning at most
-    ``expire_max_scan`` slots each time so a large table never stalls the loop.
+    the proxy produces, as one list per batch. Feed client packets with
+    :meth:`client_packets`; a reader callback per backend descriptor drains it
+    batch by batch when it becomes readable (one recvmmsg and one NAT call per
+    batch on the raw backend; at most ``max_batches_per_wakeup`` batches, so
+    other work gets its turn), and idle flows are expired every
+    ``expire_interval`` seconds, scanning at most ``expire_max_scan`` slots each
+    time so a large table never stalls the loop.
     """
 
     def __init__(
@@ -40,12 +43,14 @@ class IcmpService:
         expire_interval: float = 1.0,
         expire_max_scan: int = 4096,
         read_limit: int = 256,
+        max_batches_per_wakeup: int = 16,
     ) -> None:
         self.proxy = proxy
         self._send = send_to_client
         self._expire_interval = expire_interval
         self._expire_max_scan = expire_max_scan
         self._read_limit = read_limit
+        self._max_batches = max_batches_per_wakeup
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._fds: list[int] = []
@@ -62,7 +67,7 @@ class IcmpService:
         self._loop = asyncio.get_running_loop()
         self._fds = list(self.proxy.backend.filenos())
         for fd in self._fds:
-            self._loop.add_reader(fd, self._on_readable)
+            self._loop.add_reader(fd, self._on_readable, fd)
         self._expiry = self._loop.call_later(self._expire_interval, self._on_expiry)
 
     def client_packets(self, conn_id: int, packets: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -75,14 +80,14 @@ class IcmpService:
         """A client connection ended: free its flows now."""
         self.proxy.close_connection(conn_id)
 
-    def _on_readable(self) -> None:
-        # Read in batches until the backend runs dry, bounded so other work gets its turn.
-        for _ in range(16):
-            out = self.proxy.poll_backend(self._read_limit)
-            if out:
-                self._send(out)
-            if len(out) < self._read_limit:
+    def _on_readable(self, fd: int) -> None:
+        read_backend, send, limit = self.proxy.read_backend, self._send, self._read_limit
+        for _ in range(self._max_batches):
+            out = read_backend(fd, limit)
+            if out is None:  # drained
                 break
+            if out:
+                send(out)
 
     def _on_expiry(self) -> None:
         try:

@@ -2,17 +2,25 @@
 
 A backend is the only part of the ICMP proxy that touches the network. The
 proxy (:class:`fastproxy.icmp.proxy.IcmpProxy`) owns the flow table and every
-policy decision; a backend only
+policy decision. There are two kinds of backend:
 
-- opens and closes flows (:meth:`IcmpBackend.open_flow`, :meth:`IcmpBackend.close_flow`),
-- queues echo requests (:meth:`IcmpBackend.send_echo`) and sends the queue
-  (:meth:`IcmpBackend.flush`, which reports what could not be sent),
-- hands back what came from the network (:meth:`IcmpBackend.receive`) as whole
-  IP packets in one normal form: the echo id (for errors: the quoted echo id) is
-  the flow's assigned id, the destination (for errors: also the quoted source)
-  is the connector's address or, where the socket does not tell it, the
-  unspecified address; checksums are consistent with those addresses. The proxy
-  maps them back to the client.
+- :class:`BatchedBackend` (raw sockets, Darwin): one socket per address family,
+  echo ids rewritten by the proxy's batched NAT engine (``EchoNat``). The proxy
+  fills send batches (``PacketBatch``) in one C call and the backend sends them
+  (:meth:`BatchedBackend.send_batch`); the backend fills a receive batch from one
+  socket (:meth:`BatchedBackend.receive_batch`) and the proxy maps it back to
+  clients in one C call.
+- :class:`PerPacketBackend` (Linux ping sockets, Windows): the kernel or the API
+  keeps one handle per flow, so the proxy opens and closes flows
+  (:meth:`PerPacketBackend.open_flow`, :meth:`PerPacketBackend.close_flow`),
+  queues echo requests (:meth:`PerPacketBackend.send_echo`), sends the queue
+  (:meth:`PerPacketBackend.flush`, which reports what could not be sent) and gets
+  back what came from the network (:meth:`PerPacketBackend.receive`) as whole IP
+  packets in one normal form: the echo id (for errors: the quoted echo id) is the
+  flow's assigned id, the destination (for errors: also the quoted source) is the
+  connector's address or, where the socket does not tell it, the unspecified
+  address; checksums are consistent with those addresses. The proxy maps them
+  back to the client.
 
 Backends by name: ``"ping"`` (Linux unprivileged ping sockets), ``"raw"``
 (raw sockets, CAP_NET_RAW), ``"darwin"`` (macOS), ``"windows"`` (IcmpSendEcho2).
@@ -28,13 +36,16 @@ import sys
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+from fastproxy._impl import core
 from fastproxy.errors import FastproxyError
 
 __all__ = [
     "BACKEND_NAMES",
     "BackendFlow",
     "BackendUnavailable",
+    "BatchedBackend",
     "IcmpBackend",
+    "PerPacketBackend",
     "ReceivedPacket",
     "SendFailure",
     "create_backend",
@@ -49,9 +60,13 @@ class BackendUnavailable(FastproxyError):
     """The requested ICMP backend cannot run here; the message says what to change."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BackendFlow:
-    """One proxied flow: a client's (connection, source, destination, echo id) and its assigned echo id."""
+    """One proxied flow: a client's (connection, source, destination, echo id) and its assigned echo id.
+
+    The proxy makes one object per flow for the flow's lifetime, so flows compare
+    and hash by identity (a cheap dictionary key for per-flow backend state).
+    """
 
     conn_id: int
     client_src: bytes
@@ -73,14 +88,15 @@ class ReceivedPacket(NamedTuple):
     flow from the packet itself (raw sockets).
     """
 
-    packet: bytes
+    packet: bytes | bytearray
     flow: BackendFlow | None
 
 
 class SendFailure(NamedTuple):
-    """An echo request of the last flush that could not be sent.
+    """An echo request that could not be sent.
 
-    ``index`` counts :meth:`IcmpBackend.send_echo` calls since the previous flush;
+    ``index`` counts :meth:`PerPacketBackend.send_echo` calls since the previous
+    flush, or is the slot of the batch given to :meth:`BatchedBackend.send_batch`;
     ``errno`` is the socket error (ENETUNREACH, EHOSTUNREACH, EMSGSIZE...);
     ``mtu`` is the path MTU the kernel reported for EMSGSIZE, else 0.
     """
@@ -91,10 +107,22 @@ class SendFailure(NamedTuple):
 
 
 class IcmpBackend(abc.ABC):
-    """What the ICMP proxy needs from the platform: send echo requests, get replies and errors back."""
+    """What every backend has: a name, descriptors to watch, and a close."""
 
     #: The name ``create_backend`` knows this backend by.
     name: ClassVar[str]
+
+    @abc.abstractmethod
+    def filenos(self) -> list[int]:
+        """File descriptors that become readable when the backend has something (fixed after creation)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close every socket and thread of the backend; idempotent."""
+
+
+class PerPacketBackend(IcmpBackend):
+    """A backend with one kernel or API handle per flow: requests and replies go one by one, tagged with their flow."""
 
     @abc.abstractmethod
     def open_flow(self, flow: BackendFlow) -> None:
@@ -117,13 +145,28 @@ class IcmpBackend(abc.ABC):
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         """Return up to ``limit`` packets that have arrived, without blocking (empty when none)."""
 
-    @abc.abstractmethod
-    def filenos(self) -> list[int]:
-        """File descriptors that become readable when :meth:`receive` has something (fixed after creation)."""
+
+class BatchedBackend(IcmpBackend):
+    """A backend with one socket per address family whose echo ids the proxy rewrites itself (EchoNat).
+
+    ``batch_size`` is the number of slots of every batch it sends or receives.
+    """
+
+    batch_size: int
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Close every socket and thread of the backend; idempotent."""
+    def families(self) -> tuple[int, ...]:
+        """The address families (4, 6) it has a socket for."""
+
+    @abc.abstractmethod
+    def send_batch(self, family: int, batch: core.PacketBatch, count: int) -> list[SendFailure]:
+        """Send slots [0, count) of ``batch`` (ICMP messages with their destination and TTL) on the
+        socket of ``family``; returns the slots that could not be sent, by slot index."""
+
+    @abc.abstractmethod
+    def receive_batch(self, fd: int) -> tuple[int, core.PacketBatch]:
+        """Receive one batch, without blocking, from the socket whose descriptor is ``fd``; returns its
+        family and the batch (``count`` packets, 0 when nothing waits), valid until the next call."""
 
 
 def create_backend(name: str = "auto", **options: object) -> IcmpBackend:

@@ -1,15 +1,20 @@
-"""Helpers shared by backends whose sockets give ICMP messages without the IP header."""
+"""Helpers shared by the backends: batched sends, and packets rebuilt for sockets that give ICMP messages
+without the IP header."""
 
 from __future__ import annotations
 
+import errno as errno_codes
 import socket
 import struct
 
 from fastproxy._impl import core
 
-__all__ = ["address_bytes", "address_text", "wrap_icmp_message"]
+__all__ = ["address_bytes", "address_text", "send_slots", "wrap_icmp_message"]
 
 _ICMPV6 = 58
+_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")
+_CHECKSUM = struct.Struct("!H")
 
 
 def wrap_icmp_message(src: bytes, dst: bytes, ttl: int, message: bytes | bytearray | memoryview) -> bytearray:
@@ -22,16 +27,15 @@ def wrap_icmp_message(src: bytes, dst: bytes, ttl: int, message: bytes | bytearr
     """
     length = len(message)
     if len(src) == 4:
-        header = bytearray(
-            struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0x4000, ttl & 0xFF, 1, 0, src, dst)
-        )
-        struct.pack_into("!H", header, 10, core.internet_checksum(header))
-        return header + message
-    packet = bytearray(struct.pack("!IHBB16s16s", 6 << 28, length, _ICMPV6, ttl & 0xFF, src, dst))
+        packet = bytearray(_IPV4_HEADER.pack(0x45, 0, 20 + length, 0, 0x4000, ttl & 0xFF, 1, 0, src, dst))
+        _CHECKSUM.pack_into(packet, 10, core.internet_checksum(packet))
+        packet += message
+        return packet
+    packet = bytearray(_IPV6_HEADER.pack(6 << 28, length, _ICMPV6, ttl & 0xFF, src, dst))
     packet += message
     packet[42:44] = b"\0\0"
     initial = core.pseudo_header_sum(src, dst, length, _ICMPV6)
-    struct.pack_into("!H", packet, 42, core.internet_checksum(memoryview(packet)[40:], initial))
+    _CHECKSUM.pack_into(packet, 42, core.internet_checksum(memoryview(packet)[40:], initial))
     return packet
 
 
@@ -45,3 +49,27 @@ def address_bytes(text: str) -> bytes:
     if ":" in text:
         return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
     return socket.inet_pton(socket.AF_INET, text)
+
+
+def send_slots(batch: core.PacketBatch, sock: socket.socket | int, start: int, count: int) -> list[tuple[int, int]]:
+    """Send slots [start, start+count) of ``batch`` on ``sock``; returns the ``(slot, errno)`` pairs
+    that could not be sent.
+
+    One sendmmsg when all goes well. sendmmsg reports an error only for the first
+    message of a call, so a refused slot is reported and the rest retried after
+    it; a full socket buffer loses the rest (ENOBUFS), as a router would.
+    """
+    failures: list[tuple[int, int]] = []
+    end = start + count
+    while start < end:
+        try:
+            sent = batch.send(sock, end - start, start)
+        except OSError as exc:
+            failures.append((start, exc.errno or 0))
+            start += 1
+            continue
+        if sent <= 0:
+            failures.extend((slot, errno_codes.ENOBUFS) for slot in range(start, end))
+            break
+        start += sent
+    return failures

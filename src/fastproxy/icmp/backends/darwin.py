@@ -24,7 +24,6 @@ class DarwinBackend(DatagramIcmpEngine):
     """ICMP through macOS datagram ICMP sockets (IPv4 ones deliver the IP header, as raw ones do)."""
 
     name = "darwin"
-    v4_has_ip_header = True
 
     def _open_socket(self, version: int) -> socket.socket:
         if version == 4:

@@ -1,8 +1,11 @@
 """Linux unprivileged ICMP "ping sockets" (SOCK_DGRAM, IPPROTO_ICMP / IPPROTO_ICMPV6).
 
 One socket per flow, bound to the flow's assigned echo id (the kernel uses the
-bound port as the echo id and demultiplexes replies by it). TTL / hop limit by
-setsockopt when it changes. ICMP errors caused by our requests arrive on the
+bound port as the echo id and demultiplexes replies by it) and connected to the
+flow's destination (the kernel keeps the route; sends need no address). Requests
+go out in one sendmmsg per flow and run of equal TTL / hop limit (a socket
+option, set when it changes); replies come in one recvmmsg per ready socket,
+all into one shared batch. ICMP errors caused by our requests arrive on the
 socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
 ``struct sock_extended_err`` with the offender's address; they are rebuilt as
 the ICMP error packet the client expects, quoting the request as sent (the last
@@ -14,6 +17,7 @@ Needs no privilege, only that one of the process's groups is inside
 
 from __future__ import annotations
 
+import array
 import errno as errno_codes
 import os
 import select
@@ -22,8 +26,8 @@ import struct
 
 from fastproxy._impl import core
 
-from . import BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure
-from ._wire import address_bytes, address_text, wrap_icmp_message
+from . import BackendFlow, BackendUnavailable, PerPacketBackend, ReceivedPacket, SendFailure
+from ._wire import address_bytes, address_text, send_slots, wrap_icmp_message
 
 __all__ = ["PingSocketBackend", "parse_extended_error", "ping_sockets_allowed"]
 
@@ -40,7 +44,6 @@ _IPV6_MTU_DISCOVER = 23
 _IPV6_PMTUDISC_PROBE = 3
 _IPV6_RECVERR = 25
 _IPV6_RECVHOPLIMIT = 51
-_IPV6_HOPLIMIT = 52
 _MSG_ERRQUEUE = 0x2000
 _SO_EE_ORIGIN_ICMP = 2
 _SO_EE_ORIGIN_ICMP6 = 3
@@ -96,26 +99,34 @@ def parse_extended_error(data: bytes) -> tuple[int, int, int, int, int, bytes | 
 
 
 class _PingFlow:
-    __slots__ = ("flow", "sock", "ttl", "kernel_id", "requests")
+    __slots__ = ("flow", "sock", "fd", "peer_text", "address", "ttl", "kernel_id", "requests")
 
-    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int) -> None:
+    def __init__(self, flow: BackendFlow, sock: socket.socket, kernel_id: int, connected: bool, kept: int) -> None:
         self.flow = flow
         self.sock = sock
-        self.ttl = -1
+        self.fd = sock.fileno()
+        self.peer_text = address_text(flow.dst)
+        # Where each request goes: nowhere to say for a connected socket.
+        self.address: tuple[str, int] | tuple[str, int, int, int] | None = None
+        if not connected:
+            self.address = (self.peer_text, 0) if flow.version == 4 else (self.peer_text, 0, 0, 0)
+        self.ttl = -1  # the socket's TTL / hop limit option, -1 until first set
         self.kernel_id = kernel_id
-        # seq -> (ICMP message as sent, ttl): what an ICMP error about it must quote.
-        self.requests: dict[int, tuple[bytes, int]] = {}
+        # (seq, ICMP message as sent, ttl) at seq % kept: what an ICMP error about it must quote.
+        self.requests: list[tuple[int, bytes, int] | None] = [None] * kept
 
 
-class PingSocketBackend(IcmpBackend):
+class PingSocketBackend(PerPacketBackend):
     """ICMP through Linux ping sockets, one per flow (no privilege needed).
 
-    ``max_kept_requests``: requests remembered per flow to quote in errors.
+    ``max_kept_requests``: requests remembered per flow to quote in errors (the last ones by
+    sequence number);
+    ``batch_size``: slots of the send and receive batches.
     """
 
     name = "ping"
 
-    def __init__(self, *, max_kept_requests: int = 32) -> None:
+    def __init__(self, *, max_kept_requests: int = 32, batch_size: int = 64) -> None:
         allowed, why_not = ping_sockets_allowed()
         if not allowed:
             raise BackendUnavailable(why_not)
@@ -124,10 +135,15 @@ class PingSocketBackend(IcmpBackend):
         self._by_fd: dict[int, _PingFlow] = {}
         self._by_flow: dict[BackendFlow, _PingFlow] = {}
         self._queue: list[tuple[_PingFlow, bytes, int]] = []
+        self._send = core.PacketBatch(batch_size)
+        self._recv = core.PacketBatch(batch_size)
+        self._sources = array.array("i", bytes(4 * batch_size))  # recv_many: slot -> index of its socket
         self._closed = False
 
     def open_flow(self, flow: BackendFlow) -> None:
-        """Open the flow's ping socket, bound to its echo id (another id if that one is taken)."""
+        """Open the flow's ping socket, bound to its echo id (another id if that one is taken) and
+        connected to its destination (left unconnected when there is no route yet, so that each
+        send reports the error the client is answered with)."""
         if flow.version == 4:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
             options = ((_SOL_IP, _IP_RECVERR, 1), (_SOL_IP, _IP_RECVTTL, 1),
@@ -149,11 +165,16 @@ class PingSocketBackend(IcmpBackend):
                     raise
                 sock.bind((any_address, 0))  # the kernel picks a free id; replies are mapped back
             kernel_id = sock.getsockname()[1]
+            try:
+                sock.connect((address_text(flow.dst), 0))
+                connected = True
+            except OSError:
+                connected = False
             self._epoll.register(sock.fileno(), select.EPOLLIN | select.EPOLLERR)
         except BaseException:
             sock.close()
             raise
-        state = _PingFlow(flow, sock, kernel_id)
+        state = _PingFlow(flow, sock, kernel_id, connected, self._max_kept)
         self._by_fd[sock.fileno()] = state
         self._by_flow[flow] = state
 
@@ -173,32 +194,75 @@ class PingSocketBackend(IcmpBackend):
         self._queue.append((state, bytes(message), ttl))
 
     def flush(self) -> list[SendFailure]:
-        """Send the queued requests, one sendto each."""
+        """Send the queued requests, flow by flow (see :meth:`_send_flow`)."""
+        queue, self._queue = self._queue, []
+        if not queue:
+            return []
+        by_flow: dict[_PingFlow, list[int]] = {}
+        for index, item in enumerate(queue):
+            by_flow.setdefault(item[0], []).append(index)
         failures: list[SendFailure] = []
-        for index, (state, message, ttl) in enumerate(self._queue):
-            sock = state.sock
-            try:
-                if ttl != state.ttl:
-                    if state.flow.version == 4:
-                        sock.setsockopt(_SOL_IP, _IP_TTL, ttl)
-                    else:
-                        sock.setsockopt(_SOL_IPV6, _IPV6_UNICAST_HOPS, ttl)
-                    state.ttl = ttl
-                sock.sendto(message, (address_text(state.flow.dst), 0))
-            except OSError as exc:
-                failures.append(SendFailure(index, exc.errno or 0, 0))
-                continue
-            if len(message) >= 8:
-                requests = state.requests
-                requests[int.from_bytes(message[6:8], "big")] = (message, ttl)
-                if len(requests) > self._max_kept:
-                    del requests[next(iter(requests))]
-        self._queue.clear()
+        for state, indices in by_flow.items():
+            self._send_flow(state, indices, queue, failures)
         return failures
 
+    def _send_flow(
+        self, state: _PingFlow, indices: list[int], queue: list[tuple[_PingFlow, bytes, int]],
+        failures: list[SendFailure],
+    ) -> None:
+        """A flow's requests in order: one sendmmsg per run of equal TTL. The TTL is a socket option
+        set when it changes (a flow's TTL rarely does: traceroute's does, once per probe round),
+        which is cheaper than a TTL per message, whose ancillary data costs the kernel a lookup."""
+        batch, size = self._send, len(self._send)
+        run: list[int] = []
+        for index in indices:
+            _state, message, ttl = queue[index]
+            if run and (ttl != state.ttl or len(run) == size):
+                self._send_run(state, run, queue, failures)
+                run = []
+            if ttl != state.ttl:
+                try:
+                    if state.flow.version == 4:
+                        state.sock.setsockopt(_SOL_IP, _IP_TTL, ttl)
+                    else:
+                        state.sock.setsockopt(_SOL_IPV6, _IPV6_UNICAST_HOPS, ttl)
+                except OSError as exc:
+                    failures.append(SendFailure(index, exc.errno or 0, 0))
+                    continue
+                state.ttl = ttl
+            batch.set(len(run), message, state.address)
+            run.append(index)
+        if run:
+            self._send_run(state, run, queue, failures)
+
+    def _send_run(
+        self, state: _PingFlow, run: list[int], queue: list[tuple[_PingFlow, bytes, int]],
+        failures: list[SendFailure],
+    ) -> None:
+        """Send slots [0, len(run)) of the send batch on the flow's socket; remember what went, by
+        sequence number, to quote it in the errors it may cause."""
+        failed = send_slots(self._send, state.fd, 0, len(run))
+        for slot, err in failed:
+            failures.append(SendFailure(run[slot], err, 0))
+        skipped = {slot for slot, _err in failed} if failed else ()
+        requests, kept, ttl = state.requests, self._max_kept, state.ttl
+        for slot, index in enumerate(run):
+            message = queue[index][1]
+            if slot in skipped or len(message) < 8:
+                continue
+            seq = int.from_bytes(message[6:8], "big")
+            requests[seq % kept] = (seq, message, ttl)
+
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
-        """Replies and errors of every ready flow socket, rebuilt as whole IP packets."""
+        """Replies and errors of every ready flow socket, rebuilt as whole IP packets (stops once
+        ``limit`` is reached; one receive batch may take it over by less than a batch).
+
+        The replies of all ready sockets go into one shared batch in one call
+        (``PacketBatch.recv_many``, one recvmmsg per socket), so the Python work
+        here is per packet, not per socket.
+        """
         out: list[ReceivedPacket] = []
+        ready: list[_PingFlow] = []
         for fd, events in self._epoll.poll(0, limit):
             state = self._by_fd.get(fd)
             if state is None:
@@ -206,35 +270,33 @@ class PingSocketBackend(IcmpBackend):
             if events & select.EPOLLERR:
                 self._drain_errors(state, out, limit)
             if events & select.EPOLLIN:
-                self._drain_replies(state, out, limit)
-            if len(out) >= limit:
+                ready.append(state)
+        batch, sources, size = self._recv, self._sources, len(self._recv)
+        fds = [state.fd for state in ready]
+        while fds and len(out) < limit:
+            count = batch.recv_many(fds, sources)
+            for i in range(count):
+                state = ready[sources[i]]
+                message = batch.data(i)
+                if len(message) < 8 or batch.truncated(i):
+                    continue
+                flow = state.flow
+                ttl = batch.ttl(i)
+                source = batch.address(i)[0]  # type: ignore[index]
+                packet = wrap_icmp_message(flow.dst if source == state.peer_text else address_bytes(source),
+                                           bytes(len(flow.dst)), ttl if ttl >= 0 else 64, message)
+                if state.kernel_id != flow.echo_id:
+                    core.rewrite_echo(packet, echo_id=flow.echo_id)
+                out.append(ReceivedPacket(packet, flow))
+            if count < size:
                 break
+            # Full: the last slot's socket may hold more, and the ones after it were not read.
+            last = sources[count - 1]
+            fds, ready = fds[last:], ready[last:]
         return out
-
-    def _drain_replies(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
-        flow = state.flow
-        version = flow.version
-        while len(out) < limit:
-            try:
-                message, ancillary, _flags, address = state.sock.recvmsg(65535, _ANCILLARY_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # a pending error is reported by recvmsg once; the error queue has it
-                return
-            if len(message) < 8:
-                continue
-            ttl = 64
-            for level, kind, data in ancillary:
-                if (level, kind) in ((_SOL_IP, _IP_TTL), (_SOL_IPV6, _IPV6_HOPLIMIT)) and len(data) >= 4:
-                    ttl = struct.unpack("=i", data[:4])[0]
-            packet = wrap_icmp_message(address_bytes(address[0]), _UNSPECIFIED[version], ttl, message)
-            if state.kernel_id != flow.echo_id:
-                core.rewrite_echo(packet, echo_id=flow.echo_id)
-            out.append(ReceivedPacket(bytes(packet), flow))
 
     def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
         flow = state.flow
-        version = flow.version
         while len(out) < limit:
             try:
                 quoted, ancillary, _flags, _address = state.sock.recvmsg(65535, _ANCILLARY_SIZE, _MSG_ERRQUEUE)
@@ -250,7 +312,7 @@ class PingSocketBackend(IcmpBackend):
                 except ValueError:
                     continue
                 if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) or offender is None:
-                    continue  # local errors (EMSGSIZE...) were already reported by sendto
+                    continue  # local errors (EMSGSIZE...) were already reported by the send
                 packet = self._rebuild_error(state, quoted, offender, icmp_type, icmp_code, info)
                 if packet is not None:
                     out.append(ReceivedPacket(packet, flow))
@@ -263,9 +325,10 @@ class PingSocketBackend(IcmpBackend):
         version = flow.version
         if len(quoted) < 8:
             return None
-        sent = state.requests.get(int.from_bytes(quoted[6:8], "big"))
-        if sent is not None:
-            message, sent_ttl = sent
+        seq = int.from_bytes(quoted[6:8], "big")
+        sent = state.requests[seq % self._max_kept]
+        if sent is not None and sent[0] == seq:
+            _seq, message, sent_ttl = sent
         else:  # older than what we keep: quote what the router quoted
             message, sent_ttl = quoted, 64
         request = bytearray(message)

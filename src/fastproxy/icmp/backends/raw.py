@@ -2,7 +2,8 @@
 
 The high-throughput gateway mode: requests and replies move in batches
 (``recvmmsg`` / ``sendmmsg`` through :class:`PacketBatch`, TTL / hop limit per
-packet as ancillary data), and a kernel filter keeps every other ICMP packet
+packet as ancillary data) that the proxy's ``EchoNat`` engine fills and maps
+back in one C call each, and a kernel filter keeps every other ICMP packet
 out of the process: classic BPF on the IPv4 socket (echo reply, destination
 unreachable, time exceeded, parameter problem) and ``ICMP6_FILTER`` on the
 IPv6 one (echo reply, destination unreachable, packet too big, time exceeded,
@@ -22,8 +23,8 @@ import struct
 
 from fastproxy._impl import core
 
-from . import BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure
-from ._wire import address_bytes, address_text, wrap_icmp_message
+from . import BackendUnavailable, BatchedBackend, SendFailure
+from ._wire import send_slots
 
 __all__ = ["DatagramIcmpEngine", "RawSocketBackend", "icmp_type_filter_v4", "icmp6_type_filter"]
 
@@ -76,13 +77,12 @@ def _attach_bpf(sock: socket.socket, program: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)  # the kernel copies the program
 
 
-class DatagramIcmpEngine(IcmpBackend):
+class DatagramIcmpEngine(BatchedBackend):
     """Shared engine of the raw and macOS backends: one socket per family, batched, ids rewritten
-    by the proxy. Subclasses open the sockets (:meth:`_open_socket`)."""
+    by the proxy. Subclasses open the sockets (:meth:`_open_socket`); IPv4 sockets must hand over
+    the IP header with each packet, IPv6 ones the ICMPv6 message with its hop limit."""
 
     name = "raw"
-    #: whether the IPv4 socket hands over the IP header with each packet
-    v4_has_ip_header = True
 
     def __init__(self, *, batch_size: int = 64) -> None:
         self._sockets: dict[int, socket.socket] = {}
@@ -100,98 +100,33 @@ class DatagramIcmpEngine(IcmpBackend):
                 "(setcap cap_net_raw+ep, or AmbientCapabilities=CAP_NET_RAW in systemd), "
                 "or use the unprivileged ping-socket backend"
             ) from None
-        self._batch_size = batch_size
-        self._send = {version: core.PacketBatch(batch_size) for version in self._sockets}
-        self._queued = {version: 0 for version in self._sockets}
-        # Positions (send_echo call numbers) of the queued slots, to report failures.
-        self._positions: dict[int, list[int]] = {version: [] for version in self._sockets}
-        self._calls = 0
-        self._failures: list[SendFailure] = []
+        self.batch_size = batch_size
+        self._by_fd = {sock.fileno(): (version, sock) for version, sock in self._sockets.items()}
         self._recv = core.PacketBatch(batch_size)
 
     def _open_socket(self, version: int) -> socket.socket:
         raise NotImplementedError
 
-    def open_flow(self, flow: BackendFlow) -> None:
-        """Nothing to open: the family's socket serves every flow."""
-        if flow.version not in self._sockets:
-            raise OSError(errno_codes.EAFNOSUPPORT, "no IPv6 ICMP socket on this host")
+    def families(self) -> tuple[int, ...]:
+        """4, and 6 when the host has IPv6."""
+        return tuple(self._sockets)
 
-    def close_flow(self, flow: BackendFlow) -> None:
-        """Nothing to close."""
+    def send_batch(self, family: int, batch: core.PacketBatch, count: int) -> list[SendFailure]:
+        """One sendmmsg for the whole batch where all goes well (see :func:`send_slots`)."""
+        sock = self._sockets.get(family)
+        if sock is None:
+            return [SendFailure(slot, errno_codes.EAFNOSUPPORT, 0) for slot in range(count)]
+        return [SendFailure(slot, err, 0) for slot, err in send_slots(batch, sock, 0, count)]
 
-    def send_echo(self, flow: BackendFlow, message: bytes | bytearray | memoryview, ttl: int) -> None:
-        """Put the request in the family's send batch (sent when full or on flush)."""
-        version = flow.version
-        slot = self._queued[version]
-        if slot == self._batch_size:
-            self._send_queued(version)
-            slot = 0
-        address = (address_text(flow.dst), 0) if version == 4 else (address_text(flow.dst), 0, 0, 0)
-        self._send[version].set(slot, message, address, ttl)
-        self._positions[version].append(self._calls)
-        self._queued[version] = slot + 1
-        self._calls += 1
-
-    def flush(self) -> list[SendFailure]:
-        """Send both families' batches; returns the requests the kernel refused."""
-        for version in self._sockets:
-            if self._queued[version]:
-                self._send_queued(version)
-        failures, self._failures, self._calls = self._failures, [], 0
-        return failures
-
-    def _send_queued(self, version: int) -> None:
-        batch, sock, count = self._send[version], self._sockets[version], self._queued[version]
-        positions = self._positions[version]
-        start = 0
-        while start < count:
-            try:
-                sent = batch.send(sock, count, start)
-            except OSError as exc:  # sendmmsg reports an error only for its first message
-                self._failures.append(SendFailure(positions[start], exc.errno or 0, 0))
-                start += 1
-                continue
-            if sent <= 0:  # socket buffer full: the rest is lost, as a router would lose it
-                self._failures.extend(SendFailure(position, errno_codes.ENOBUFS, 0) for position in positions[start:count])
-                break
-            start += sent
-        self._queued[version] = 0
-        positions.clear()
-
-    def receive(self, limit: int = 256) -> list[ReceivedPacket]:
-        """Drain up to ``limit`` packets from both sockets in batches."""
-        out: list[ReceivedPacket] = []
-        batch = self._recv
-        for version, sock in self._sockets.items():
-            while len(out) < limit:
-                count = batch.recv(sock)
-                for index in range(count):
-                    if batch.truncated(index):
-                        continue
-                    out.append(ReceivedPacket(self._normalise(version, batch, index), None))
-                if count < len(batch):
-                    break
-        return out
-
-    def _normalise(self, version: int, batch: object, index: int) -> bytes:
-        """The received packet as a whole IP packet (sockets without the header get one rebuilt)."""
-        data = batch.data(index)  # type: ignore[attr-defined]
-        if version == 4 and self.v4_has_ip_header:
-            return bytes(data)
-        address = batch.address(index)  # type: ignore[attr-defined]
-        ttl = batch.ttl(index)  # type: ignore[attr-defined]
-        source = address_bytes(address[0]) if address else bytes(4 if version == 4 else 16)
-        # An error is addressed to the source of the packet it quotes; a reply's own
-        # destination is not given by the socket, and the proxy rewrites it anyway.
-        destination = bytes(4 if version == 4 else 16)
-        if version == 6 and len(data) >= 48 and data[0] < 128:
-            destination = bytes(data[16:32])
-        return bytes(wrap_icmp_message(source, destination, ttl if ttl >= 0 else 64, data))
+    def receive_batch(self, fd: int) -> tuple[int, core.PacketBatch]:
+        """One recvmmsg on the socket of ``fd`` into the backend's receive batch."""
+        version, sock = self._by_fd[fd]
+        self._recv.recv(sock)
+        return version, self._recv
 
     def filenos(self) -> list[int]:
         """One socket per address family."""
-        return [sock.fileno() for sock in self._sockets.values()]
+        return list(self._by_fd)
 
     def close(self) -> None:
         """Close the sockets."""

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastproxy._impl import core
 
-from . import BackendFlow, BackendUnavailable, IcmpBackend, ReceivedPacket, SendFailure
+from . import BackendFlow, BackendUnavailable, PerPacketBackend, ReceivedPacket, SendFailure
 from ._wire import wrap_icmp_message
 
 __all__ = [
@@ -110,7 +110,7 @@ class _SockaddrIn6(ctypes.Structure):
                 ("addr", ctypes.c_ubyte * 16), ("scope_id", ctypes.c_ulong)]
 
 
-class WindowsBackend(IcmpBackend):
+class WindowsBackend(PerPacketBackend):
     """ICMP through the Windows ICMP helper API on a bounded pool of worker threads.
 
     ``workers``: requests in flight at once (a full pool queues, it never blocks the loop);

@@ -25,10 +25,10 @@ class FakeSession:
         self.sent.append(payload)
         self._answers.put_nowait(payload.upper())
 
-    async def receive(self) -> bytes:
+    async def receive(self, timeout: float | None = None) -> bytes:
         answer = await self._answers.get()
         if answer is None:
-            raise ConnectionError("session closed")
+            raise EOFError("session closed")
         return answer
 
     def close(self) -> None:

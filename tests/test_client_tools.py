@@ -60,8 +60,8 @@ class FakeTunnel:
         self.step = step
         self.lose = lose
         self.unreachable_from = ipaddress.ip_address(unreachable_from) if unreachable_from else None
-        self.client_v4 = V4
-        self.client_v6 = V6 if v6 else None
+        self.address_v4 = V4
+        self.address_v6 = V6 if v6 else None
         self.prefixes = (ipaddress.ip_network("0.0.0.0/0"),)
         self.sent: list[bytes] = []
         self._ready: list[bytes] = []
@@ -90,11 +90,11 @@ class FakeTunnel:
         self._ready.append(packet)
         self._event.set()
 
-    async def receive_packets(self) -> list[bytes]:
-        await self._event.wait()
-        self._event.clear()
-        ready, self._ready = self._ready, []
-        return ready
+    async def receive_packet(self, timeout: float | None = None) -> bytes:
+        while not self._ready:
+            self._event.clear()
+            await self._event.wait()
+        return self._ready.pop(0)
 
 
 def run_ping(tunnel: FakeTunnel, host: str, **kwargs: object) -> tuple[int, str]:

@@ -123,7 +123,7 @@ class UdpForward(asyncio.DatagramProtocol):
                     break
                 self._transport.sendto(payload, peer.address)
                 self.stats["datagrams_to_local"] += 1
-        except ConnectionError:
+        except (EOFError, ConnectionError):  # the session ended (idle expiry, connection lost)
             pass
         finally:
             session.close()

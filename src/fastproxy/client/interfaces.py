@@ -17,16 +17,16 @@ __all__ = ["PacketTunnel", "UdpSession", "UdpSessionOpener"]
 class PacketTunnel(Protocol):
     """Carries whole IPv4/IPv6 packets (ICMP) to the edge and back.
 
-    ``client_v4`` / ``client_v6``: the addresses the edge assigned (None if it gave none
-    of that family); packets sent must come from them. ``prefixes``: what the edge lets
-    this client reach.
+    ``address_v4`` / ``address_v6``: the tunnel addresses the edge assigned (None if it
+    gave none of that family); packets sent must come from them. ``prefixes``: what the
+    edge lets this client reach. :class:`fastproxy.Client` is one.
     """
 
     @property
-    def client_v4(self) -> ipaddress.IPv4Address | None: ...
+    def address_v4(self) -> ipaddress.IPv4Address | None: ...
 
     @property
-    def client_v6(self) -> ipaddress.IPv6Address | None: ...
+    def address_v6(self) -> ipaddress.IPv6Address | None: ...
 
     @property
     def prefixes(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]: ...
@@ -34,8 +34,8 @@ class PacketTunnel(Protocol):
     def send_packets(self, packets: list[bytes]) -> None:
         """Queue these whole IP packets for the edge (no wait)."""
 
-    async def receive_packets(self) -> list[bytes]:
-        """Wait for, then return, every packet that has arrived (at least one)."""
+    async def receive_packet(self, timeout: float | None = None) -> bytes:
+        """The next whole IP packet from the edge (TimeoutError after ``timeout``)."""
 
 
 @runtime_checkable
@@ -45,15 +45,17 @@ class UdpSession(Protocol):
     def send(self, payload: bytes) -> None:
         """Send one datagram's payload to the remote (no wait)."""
 
-    async def receive(self) -> bytes:
-        """Wait for the next payload from the remote."""
+    async def receive(self, timeout: float | None = None) -> bytes:
+        """The next payload from the remote; EOFError once the session has ended,
+        TimeoutError after ``timeout``."""
 
     def close(self) -> None:
-        """End the session; pending receive() calls raise ConnectionError."""
+        """End the session."""
 
 
 class UdpSessionOpener(Protocol):
     """Opens UDP sessions (the client side of DESIGN section 4)."""
 
-    async def open_udp(self, host: str, port: int) -> UdpSession:
-        """A session to ``host:port`` once the far side has answered its registration."""
+    async def open_udp(self, destination: str, port: int) -> UdpSession:
+        """A session to ``destination`` (an IP address) and ``port``, once the far side
+        has answered its registration (ConnectionError if refused, TimeoutError)."""

@@ -108,7 +108,7 @@ async def resolve_target(host: str, tunnel: PacketTunnel) -> IpAddress:
         return ipaddress.ip_address(host)
     except ValueError:
         pass
-    families = [f for f, a in ((socket.AF_INET, tunnel.client_v4), (socket.AF_INET6, tunnel.client_v6)) if a]
+    families = [f for f, a in ((socket.AF_INET, tunnel.address_v4), (socket.AF_INET6, tunnel.address_v6)) if a]
     loop = asyncio.get_running_loop()
     for family in families:
         try:
@@ -123,7 +123,7 @@ async def resolve_target(host: str, tunnel: PacketTunnel) -> IpAddress:
 def source_for(target: IpAddress, tunnel: PacketTunnel) -> IpAddress:
     """The tunnel address to send from towards ``target`` (ToolError when the edge gave
     this client no address of that family)."""
-    source = tunnel.client_v4 if target.version == 4 else tunnel.client_v6
+    source = tunnel.address_v4 if target.version == 4 else tunnel.address_v6
     if source is None:
         raise ToolError(f"the edge assigned this client no IPv{target.version} address; cannot reach {target}")
     return source
@@ -169,15 +169,13 @@ class _Listener:
 
     async def _run(self) -> None:
         while True:
-            packets = await self._tunnel.receive_packets()
-            now = self._clock()
-            for packet in packets:
-                try:
-                    info = parse_packet(packet)
-                except MalformedPacket:
-                    continue
-                if self._ours(info):
-                    self.answers.put_nowait(_Answer(info, now))
+            packet = await self._tunnel.receive_packet()
+            try:
+                info = parse_packet(packet)
+            except MalformedPacket:
+                continue
+            if self._ours(info):
+                self.answers.put_nowait(_Answer(info, self._clock()))
 
     def _ours(self, info: PacketInfo) -> bool:
         if info.icmp_type == _ECHO_REPLY[info.version]:

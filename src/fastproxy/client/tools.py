@@ -228,10 +228,12 @@ async def ping(
     clock: Clock = time.monotonic,
     sleep: Sleep = asyncio.sleep,
     echo_id: int | None = None,
+    on_rtt: Callable[[float], None] | None = None,
 ) -> int:
     """Ping ``host`` through ``tunnel`` and print as iputils does; returns the exit status
     (0 some reply, 1 none, 2 error). ``count`` None: until ``stop`` is set. ``timeout``:
-    how long to wait for the last replies (the run ends early once all are in)."""
+    how long to wait for the last replies (the run ends early once all are in).
+    ``on_rtt`` sees each round-trip time in seconds (for an RTT histogram)."""
     try:
         target = await resolve_target(host, tunnel)
         source = source_for(target, tunnel)
@@ -268,6 +270,8 @@ async def ping(
                 rtt = answer.at - sent_at.pop(seq)
                 stats.received += 1
                 stats.rtts.append(rtt)
+                if on_rtt is not None:
+                    on_rtt(rtt)
                 length = info.total_length - info.header_length
                 print(f"{length} bytes from {target}: icmp_seq={seq} ttl={info.ttl} time={format_rtt(rtt)} ms",
                       file=out)

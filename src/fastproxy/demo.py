@@ -53,7 +53,7 @@ class UdpEchoServer(asyncio.DatagramProtocol):
 
 
 def _indent(text: str, prefix: str = "    ") -> str:
-    return "".join(prefix + line + "\n" for line in text.splitlines())
+    return "".join((prefix + line if line else "") + "\n" for line in text.splitlines())
 
 
 def _samples(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -166,7 +166,8 @@ class _Demo:
         buffer = io.StringIO()
         status = await traceroute(client, "127.0.0.1", max_hops=8, wait=2.0, out=buffer)
         self.say(_indent(buffer.getvalue()).rstrip("\n"))
-        self.say("    hop 1 is the edge's tunnel address, then the connector, then the destination")
+        self.say("    hop 1: the edge (its tunnel address); hop 2: the connector (on loopback its own address")
+        self.say("    is 127.0.0.1 too); last: the destination. Routers behind a connector show up the same way.")
         self.step("traceroute through the tunnel", status == 0)
 
     async def udp_step(self, client: Any, port: int, on_rtt: Callable[[float], None]) -> None:
@@ -224,7 +225,8 @@ def run_demo(out: TextIO, *, clock: Callable[[], float] = time.perf_counter) -> 
     """Run the demo, printing to ``out``; returns the exit status (0: every step worked)."""
     import logging
 
-    logging.getLogger("fastproxy").setLevel(logging.WARNING)
+    # The demo reports problems itself (e.g. which sysctl allows ICMP); no log noise.
+    logging.getLogger("fastproxy").setLevel(logging.ERROR)
     try:
         return asyncio.run(_Demo(out, clock).run())
     except (ConnectionError, TimeoutError, OSError) as exc:

@@ -97,9 +97,11 @@ def network() -> Iterator[Network]:
                 topo, "conn", "connector", "--edge", "198.51.100.1:4433", "--token", "connector-1",
                 "--route", "203.0.113.128/25", "--route", "2001:db8:4::/64", "--pin", cert.fingerprint,
                 log=f"{workdir}/connector.log"))
-            time.sleep(0.5)
+            # The edge tells a client the prefixes announced when it connects.
+            assert wait_until(lambda: "connected to the edge" in Path(f"{workdir}/connector.log").read_text()), \
+                Path(f"{workdir}/connector.log").read_text()
             client = fastproxy(topo, "user", "client", "--edge", "192.0.2.2:4433", "--token", "client-1",
-                               "--pin", cert.fingerprint, "--tun", "fp0", log=f"{workdir}/client.log")
+                               "--pin", cert.fingerprint, "--tun", "fp0", "--metrics", "127.0.0.1:9464", log=f"{workdir}/client.log")
             processes.append(client)
             up = wait_until(lambda: "203.0.113.128/25" in topo.run("user", "ip", "route", check=False).stdout)
             assert up, Path(f"{workdir}/client.log").read_text()
@@ -151,6 +153,20 @@ def test_udp_program_gets_its_answer(network: Network, target: str) -> None:
     result = topo.run("user", sys.executable, "-c", UDP_PROGRAM, target, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "echo:question"
+
+
+SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=5).read().decode())"
+
+
+def test_client_metrics_after_traffic(network: Network) -> None:
+    topo, *_ = network
+    topo.run("user", "ping", "-n", "-c", "2", "-i", "0.2", TARGET4)
+    result = topo.run("user", sys.executable, "-c", SCRAPE)
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in result.stdout.splitlines() if line.startswith("fastproxy_")}
+    assert values['fastproxy_connections_active{role="client"}'] == 1
+    assert values['fastproxy_datagrams_total{direction="in"}'] >= 2
+    assert values['fastproxy_datagrams_total{direction="out"}'] >= 2
 
 
 def test_builtin_tools_without_tun(network: Network) -> None:

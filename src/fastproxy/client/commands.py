@@ -155,6 +155,25 @@ async def _connect(args: argparse.Namespace, **options: Any) -> AsyncIterator[An
         yield client
 
 
+@contextlib.asynccontextmanager
+async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Callable[[float], None] | None]:
+    """With ``--metrics HOST:PORT``: serve the client's counters (and the RTT histogram whose
+    observe function this yields) at /metrics; without it, yield None."""
+    if not args.metrics:
+        yield None
+        return
+    from ..metrics import ClientMetrics, create_registry, serve_metrics
+
+    registry = create_registry(clients=[client])
+    rtt = ClientMetrics(registry)
+    server = await serve_metrics(registry, *args.metrics)
+    log.info("metrics at http://%s:%d/metrics", *args.metrics)
+    try:
+        yield rtt.observe_rtt
+    finally:
+        server.close()
+
+
 def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``; connection problems exit 2."""
 
@@ -183,9 +202,9 @@ def _run_ping(args: argparse.Namespace) -> int:
     _settings(args)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client:
+        async with _connect(args) as client, _metrics(args, client) as on_rtt:
             return await ping(client, args.host, count=args.count, interval=args.interval, ttl=args.ttl,
-                              size=args.size, timeout=args.timeout, out=sys.stdout, stop=stop)
+                              size=args.size, timeout=args.timeout, out=sys.stdout, stop=stop, on_rtt=on_rtt)
 
     return _run(args, main)
 
@@ -196,7 +215,7 @@ def _run_traceroute(args: argparse.Namespace) -> int:
     _settings(args)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client:
+        async with _connect(args) as client, _metrics(args, client):
             return await traceroute(client, args.host, max_hops=args.max_hops, queries=args.queries, wait=args.wait,
                                     report=args.report, cycles=args.cycles, out=sys.stdout)
 
@@ -222,7 +241,7 @@ def _run_forward(args: argparse.Namespace) -> int:
         return 2
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client:
+        async with _connect(args) as client, _metrics(args, client):
             forwards = []
             try:
                 for local, remote in mappings:
@@ -265,7 +284,7 @@ def _run_client(args: argparse.Namespace) -> int:
     _settings(args)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client:
+        async with _connect(args) as client, _metrics(args, client):
             try:
                 tun = TunDevice(args.tun)
             except TunError as exc:
@@ -276,8 +295,19 @@ def _run_client(args: argparse.Namespace) -> int:
                 addresses += [f"{client.address_v6}/128"] if client.address_v6 else []
                 routes = _tun_routes(client.prefixes, client.edge_host)
                 tun.configure(addresses, routes)
+                if not routes:
+                    log.warning("the edge allows this client no prefixes (has a connector announced any?)")
                 bridge = TunBridge(tun, client)
                 client.on_packets = bridge.from_tunnel
+
+                def on_reconnect(_: Any) -> None:
+                    # The edge may offer other prefixes after a reconnect: route the new ones.
+                    new = [p for p in _tun_routes(client.prefixes, client.edge_host) if p not in tun.routes]
+                    if new:
+                        tun.add_routes(new)
+                        log.info("routes added after reconnect: %s", ", ".join(map(str, new)))
+
+                client.on_reconnect = on_reconnect
                 bridge.start()
                 log.info("tunnel up on %s: addresses %s; routes %s", tun.name, ", ".join(addresses) or "none",
                          ", ".join(map(str, routes)) or "none")

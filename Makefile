@@ -18,7 +18,7 @@ test:
 
 bench:
 	./scripts/bootstrap.sh --test
-	$(PY) -m pytest bench $(PYTEST_ARGS)
+	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-only $(PYTEST_ARGS)
 
 clean:
 	rm -rf build $(VENV) src/fastproxy/_core.c src/fastproxy/*.so src/*.egg-info

@@ -167,8 +167,23 @@ async def _measure_tunnel(size: int, cert: Any) -> float:
     edge = Edge(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",)), cert_file=cert.cert_file, key_file=cert.key_file)
     await edge.start("127.0.0.1", 0)
 
-    def stub_factory(sink: Any) -> Any:
-        return lambda conn_id, packet: sink(conn_id, _swap_addresses(packet))
+    class SwapHandler:
+        def __init__(self, sink: Any) -> None:
+            self.sink = sink
+
+        def start(self) -> None:
+            pass
+
+        def handle_packets(self, packets: list[memoryview]) -> None:
+            self.sink([_swap_addresses(bytes(packet)) for packet in packets])
+
+        def client_gone(self, addresses: list[bytes]) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    stub_factory = SwapHandler
 
     connector = Connector("127.0.0.1", edge.port, token="k", routes=[ipaddress.ip_network("10.0.0.0/8")],
                           trust=Trust(pin=cert.fingerprint),

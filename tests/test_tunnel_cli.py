@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fastproxy.tunnel.commands import parse_host_port, resolve_tokens
+from tests.conftest import require_root
 from tests.tunnel_support import free_udp_port
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -52,12 +53,31 @@ def _wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 1
     raise AssertionError(f"no line matching {pattern!r} in: {''.join(seen)}")
 
 
-def test_edge_and_connector_processes(tmp_path: Path) -> None:
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+@pytest.mark.privileged
+def test_edge_and_connector_processes_with_metrics(tmp_path: Path) -> None:
+    require_root("the connector's raw-socket ICMP backend")
     port = free_udp_port()
+    edge_metrics, connector_metrics = _free_tcp_port(), _free_tcp_port()
     env = dict(os.environ, PYTHONPATH=SRC, FP_CONNECTOR_TOKEN="k-secret")
     edge = subprocess.Popen(
         [sys.executable, "-m", "fastproxy", "edge", "--listen", f"127.0.0.1:{port}",
-         "--client-token", "c-secret", "--connector-token", "env:FP_CONNECTOR_TOKEN"],
+         "--client-token", "c-secret", "--connector-token", "env:FP_CONNECTOR_TOKEN",
+         "--metrics", f"127.0.0.1:{edge_metrics}"],
         stderr=subprocess.PIPE, text=True, env=env,
     )
     connector = None
@@ -66,10 +86,26 @@ def test_edge_and_connector_processes(tmp_path: Path) -> None:
         _wait_for_line(edge, "edge listening")
         connector = subprocess.Popen(
             [sys.executable, "-m", "fastproxy", "connector", "--edge", f"127.0.0.1:{port}",
-             "--token", "env:FP_CONNECTOR_TOKEN", "--route", "127.0.0.0/8", "--pin", pin],
+             "--token", "env:FP_CONNECTOR_TOKEN", "--route", "127.0.0.0/8", "--pin", pin,
+             "--backend", "raw", "--metrics", f"127.0.0.1:{connector_metrics}"],
             stderr=(tmp_path / "connector.log").open("w"), text=True, env=env,
         )
         _wait_for_line(edge, r"connector \d+ from .* serves 127\.0\.0\.0/8")
+        text = _scrape(edge_metrics)
+        assert 'fastproxy_connections_active{role="connector"} 1.0' in text
+        assert 'fastproxy_connections_total{role="connector"} 1.0' in text
+        deadline = time.monotonic() + 10
+        while True:  # the connector's endpoint comes up right after its first welcome
+            try:
+                text = _scrape(connector_metrics)
+                if 'fastproxy_connections_active{role="edge"} 1.0' in text:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "connector.log").read_text()
+            time.sleep(0.1)
+        assert "fastproxy_icmp_flows_active 0.0" in text
+        assert 'fastproxy_drops_total{component="icmp",reason="destination_not_allowed"} 0.0' in text
         connector.terminate()
         assert connector.wait(30) == 0, (tmp_path / "connector.log").read_text()
         edge.terminate()

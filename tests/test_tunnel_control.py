@@ -16,6 +16,7 @@ from fastproxy.tunnel.control import (
     MAX_PREFIXES,
     MAX_TOKEN_LENGTH,
     Announce,
+    ClientGone,
     ControlDecoder,
     Error,
     Hello,
@@ -44,6 +45,11 @@ messages = st.one_of(
         prefix_lists,
     ),
     st.builds(Error, st.integers(0, 0xFFFF), st.text(max_size=200)),
+    st.builds(
+        ClientGone,
+        st.one_of(st.none(), st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address)),
+        st.one_of(st.none(), st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address)),
+    ),
 )
 
 
@@ -87,6 +93,7 @@ def test_every_truncation_of_every_message_is_rejected() -> None:
         Announce((ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))),
         Welcome(ipaddress.IPv4Address("100.96.0.2"), None, (ipaddress.ip_network("10.0.0.0/8"),)),
         Error(ERROR_AUTHENTICATION_FAILED, "bad token"),
+        ClientGone(ipaddress.IPv4Address("100.96.0.2"), ipaddress.IPv6Address("fd00:fa57::2")),
     ]
     for message in samples:
         frame = encode_message(message)
@@ -109,6 +116,7 @@ def test_every_truncation_of_every_message_is_rejected() -> None:
         (struct.pack("!H", MAX_MESSAGE_SIZE + 1) + b"\x01\x01", "message_too_long"),
         (_frame(0x01, b"\x01\x00\x00", version=2), "unsupported_version"),
         (_frame(0x09, b""), "unknown_message_type"),
+        (_frame(0x05, bytes(20) + b"x"), "trailing_bytes"),
         (_frame(0x01, b"\x03\x00\x00"), "bad_role"),
         (_frame(0x01, b"\x01\x00\x02\xff\xfe"), "bad_utf8"),
         (_frame(0x01, b"\x01" + struct.pack("!H", MAX_TOKEN_LENGTH + 1) + b"a" * (MAX_TOKEN_LENGTH + 1)), "token_too_long"),

@@ -279,19 +279,36 @@ def test_spoofed_and_out_of_policy_icmp_are_dropped_and_counted() -> None:
     run(body)
 
 
-def _echo_responder(sink):  # a stub ICMP handler standing in for the connector's ICMP proxy
-    from fastproxy.packet import build_echo, parse_packet
+class _EchoResponder:
+    """A stub ICMP handler standing in for the connector's ICMP proxy: answers every echo."""
 
-    seen: list[bytes] = []
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.seen: list[bytes] = []
+        self.batches: list[int] = []
+        self.gone: list[bytes] = []
 
-    def handle(conn_id: int, packet: bytes) -> None:
-        seen.append(packet)
-        info = parse_packet(packet)
-        payload = packet[info.icmp_offset + 8:]
-        sink(conn_id, build_echo(info.dst, info.src, info.echo_id, info.echo_seq, payload, reply=True))
+    def start(self) -> None:
+        pass
 
-    handle.seen = seen  # type: ignore[attr-defined]
-    return handle
+    def handle_packets(self, packets) -> None:
+        from fastproxy.packet import build_echo, parse_packet
+
+        self.batches.append(len(packets))
+        answers = []
+        for view in packets:
+            packet = bytes(view)
+            self.seen.append(packet)
+            info = parse_packet(packet)
+            payload = packet[info.icmp_offset + 8:]
+            answers.append(build_echo(info.dst, info.src, info.echo_id, info.echo_seq, payload, reply=True))
+        self.sink(answers)
+
+    def client_gone(self, addresses) -> None:
+        self.gone.extend(addresses)
+
+    def close(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -305,7 +322,7 @@ def test_icmp_echo_through_edge_and_connector_and_edge_time_exceeded(family: int
         async with running_edge(host) as edge:
             handlers = []
             connector = await started(make_connector(
-                edge, route, host, icmp_handler_factory=lambda sink: handlers.append(_echo_responder(sink)) or handlers[-1]
+                edge, route, host, icmp_handler_factory=lambda sink: handlers.append(_EchoResponder(sink)) or handlers[-1]
             ))
             client, welcome, inbox = await dial_client(edge, host=host)
             me = (welcome.client_v4 if family == 4 else welcome.client_v6).packed
@@ -323,6 +340,10 @@ def test_icmp_echo_through_edge_and_connector_and_edge_time_exceeded(family: int
             assert exceeded.icmp_type == (11 if family == 4 else 3)
             assert exceeded.inner is not None and exceeded.inner.echo_seq == 2
             assert len(handlers[0].seen) == 1
+            # The client leaves: the edge tells the connector, whose handler frees its flows.
+            client.close(0, "bye")
+            await wait_for(lambda: handlers[0].gone != [])
+            assert me in handlers[0].gone
             await connector.close()
 
     run(body)

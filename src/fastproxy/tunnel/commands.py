@@ -80,7 +80,8 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                       "edge's own (default 100.96.0.0/16 and fd00:fa57::/64)")
     edge.add_argument("--client-allow", action="append", default=[], type=_network, metavar="CIDR",
                       help="what clients may reach (default: every announced route)")
-    edge.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT", help="Prometheus endpoint (not yet served)")
+    edge.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT",
+                      help="serve Prometheus metrics at http://HOST:PORT/metrics")
     edge.set_defaults(run=_run_edge)
 
     connector = commands.add_parser(
@@ -98,8 +99,10 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     trust.add_argument("--pin", metavar="SHA256", help="verify the edge by its certificate's SHA-256 fingerprint")
     trust.add_argument("--insecure", action="store_true", help="do not verify the edge (tests only)")
     connector.add_argument("--backend", choices=("auto", "ping", "raw"), default="auto",
-                           help="ICMP backend (default auto)")
-    connector.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT", help="Prometheus endpoint (not yet served)")
+                           help="ICMP backend: ping sockets (no privilege; needs net.ipv4.ping_group_range), "
+                           "raw sockets (CAP_NET_RAW), or auto (the first that works; default)")
+    connector.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT",
+                           help="serve Prometheus metrics at http://HOST:PORT/metrics")
     connector.set_defaults(run=_run_connector)
 
 
@@ -149,8 +152,6 @@ def _run_edge(args: argparse.Namespace) -> int:
         cert_file, key_file = args.cert, args.key
         with open(cert_file, "rb") as f:
             log.info("certificate SHA-256 pin: %s", certificate_fingerprint(f.read()))
-    if args.metrics:
-        log.warning("--metrics is accepted but not served yet")
     config = EdgeConfig(
         client_tokens={token: None for token in client_tokens},
         connector_tokens=tuple(connector_tokens),
@@ -162,7 +163,10 @@ def _run_edge(args: argparse.Namespace) -> int:
         edge = Edge(config, cert_file=cert_file, key_file=key_file)
         await edge.start(*args.listen)
         log.info("edge listening on %s:%d", args.listen[0], edge.port)
+        metrics = await _start_metrics(args.metrics, edge=edge)
         await stop.wait()
+        if metrics is not None:
+            metrics.close()
         edge.close()
 
     return _serve_forever(main)
@@ -178,15 +182,31 @@ def _run_connector(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise SystemExit(f"fastproxy connector: {exc}") from None
     trust = Trust(pin=args.pin) if args.pin else Trust(cafile=args.ca) if args.ca else Trust(insecure=True)
-    if args.metrics:
-        log.warning("--metrics is accepted but not served yet")
-    # The ICMP proxy (connector ICMP issue) plugs in through Connector's icmp_handler_factory.
-    log.warning("ICMP proxying is not wired into this command yet; serving UDP sessions only (backend %s)", args.backend)
+    from ..icmp import BackendUnavailable
+
+    try:
+        connector = Connector(args.edge[0], args.edge[1], token=token, routes=args.route, trust=trust,
+                              icmp_backend=args.backend)
+    except BackendUnavailable as exc:
+        raise SystemExit(f"fastproxy connector: ICMP backend {args.backend!r} unavailable: {exc}") from None
+    log.info("ICMP backend: %s", connector.icmp.proxy.backend.name)  # type: ignore[union-attr]
 
     async def main(stop: asyncio.Event) -> None:
-        connector = Connector(args.edge[0], args.edge[1], token=token, routes=args.route, trust=trust)
         await connector.start()
+        metrics = await _start_metrics(args.metrics, connector=connector)
         await stop.wait()
+        if metrics is not None:
+            metrics.close()
         await connector.close()
 
     return _serve_forever(main)
+
+
+async def _start_metrics(address: tuple[str, int] | None, **objects: object) -> asyncio.Server | None:
+    if address is None:
+        return None
+    from ..metrics import create_registry, serve_metrics
+
+    server = await serve_metrics(create_registry(**objects), *address)  # type: ignore[arg-type]
+    log.info("metrics at http://%s:%d/metrics", address[0], server.sockets[0].getsockname()[1])
+    return server

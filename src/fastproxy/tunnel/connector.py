@@ -1,12 +1,20 @@
-"""The connector process: dials out to the edge, announces its routes, proxies UDP
-sessions itself and hands ICMP datagrams (0x02) to an ICMP handler.
+"""The connector: dials out to the edge, announces its routes, proxies UDP sessions
+itself and hands ICMP datagrams (0x02) to an ICMP handler (normally the ICMP proxy,
+:class:`fastproxy.tunnel.connector_icmp.IcmpProxyHandler`).
 
-ICMP handler interface (the connector's ICMP proxy plugs in here): the connector calls
-``icmp_handler_factory(sink)`` once; ``sink(conn_id, ip_packet)`` sends a whole IP packet
-back through the tunnel connection ``conn_id``. The returned handler is called as
-``handler(conn_id, ip_packet)`` for every ICMP datagram the edge sends, and its optional
-``connection_lost(conn_id)`` when that tunnel connection ends. ``conn_id`` changes with
-every reconnect.
+ICMP handler interface: the connector calls ``icmp_handler_factory(sink)`` once, where
+``sink(packets)`` sends a list of whole IP packets back through the current tunnel
+connection (one ``send_datagrams`` call). The handler gets
+
+- ``start()`` once the event loop runs (``Connector.start``),
+- ``handle_packets(packets)`` with the whole IP packets of one received datagram batch
+  (memoryviews valid during the call),
+- ``client_gone(addresses)`` when the edge says a client left (control message
+  CLIENT_GONE with its 4- and 16-byte tunnel addresses): its flows can go now,
+- ``close()`` when the connector stops.
+
+Clients are told apart by their tunnel address (the edge drops spoofed sources), which
+stays the same across a reconnect of this connector, so ICMP flows survive it.
 
 Reconnects: exponential backoff with full jitter, from ``backoff_initial`` up to
 ``backoff_max`` seconds, reset after a connection that stayed up.
@@ -19,12 +27,12 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagram, encode_icmp
 from ..errors import MalformedDatagram
 from . import quic
-from .control import ROLE_CONNECTOR, Network
+from .control import ROLE_CONNECTOR, ClientGone, ControlMessage, Network
 from .dial import TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
@@ -32,21 +40,42 @@ __all__ = ["Connector", "IcmpHandler", "IcmpHandlerFactory", "IcmpSink"]
 
 log = logging.getLogger("fastproxy.connector")
 
-IcmpSink = Callable[[int, bytes], None]
+IcmpSink = Callable[[list[bytes]], None]
+"""Sends whole IP packets back to clients through the tunnel (one batch per call)."""
 
 
 class IcmpHandler(Protocol):
-    """Takes the ICMP packets the edge sends to this connector."""
+    """Takes the ICMP packets the edge sends to this connector (see the module docstring)."""
 
-    def __call__(self, conn_id: int, packet: bytes) -> None: ...
+    def start(self) -> None: ...
+
+    def handle_packets(self, packets: list[memoryview]) -> None: ...
+
+    def client_gone(self, addresses: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 IcmpHandlerFactory = Callable[[IcmpSink], IcmpHandler]
 
 
 class Connector:
-    """``await connector.start()`` dials the edge and keeps a connection up until
-    ``await connector.close()``."""
+    """A connector (library class and what ``fastproxy connector`` runs).
+
+    ::
+
+        async with Connector("edge.example", 4433, token="k", routes=[ip_network("10.0.0.0/8")],
+                             trust=Trust(pin=PIN), icmp_backend="auto") as connector:
+            await connector.connected.wait()
+            await stop.wait()
+
+    or ``await connector.start()`` / ``await connector.close()``. ``icmp_backend`` (``auto``,
+    ``ping``, ``raw``...) runs the ICMP proxy for ``routes``; it raises
+    :class:`fastproxy.icmp.BackendUnavailable` at once, naming the sysctl or capability
+    that is missing. Without it (and without ``icmp_handler_factory``) ICMP datagrams are
+    dropped and counted (``drops["icmp_no_handler"]``); UDP sessions always work.
+    Counters: ``drops``, ``stats``, ``udp_drops``, ``udp_stats``; ``icmp`` is the ICMP handler.
+    """
 
     def __init__(
         self,
@@ -56,6 +85,7 @@ class Connector:
         token: str,
         routes: Sequence[Network],
         trust: quic.Trust,
+        icmp_backend: str | None = None,
         icmp_handler_factory: IcmpHandlerFactory | None = None,
         max_udp_sessions: int = 1024,
         udp_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -63,6 +93,8 @@ class Connector:
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
     ) -> None:
+        if icmp_backend is not None and icmp_handler_factory is not None:
+            raise ValueError("give icmp_backend or icmp_handler_factory, not both")
         self.edge_host = edge_host
         self.edge_port = edge_port
         self._token = token
@@ -75,17 +107,30 @@ class Connector:
         self.backoff_max = backoff_max
         self.drops: Counter[str] = Counter()
         self.stats: Counter[str] = Counter()
+        self.udp_drops: Counter[str] = Counter()
+        self.udp_stats: Counter[str] = Counter()
         self.last_error: BaseException | None = None
         self.connected = asyncio.Event()
-        self._icmp_handler: Any = icmp_handler_factory(self._send_icmp) if icmp_handler_factory else None
+        if icmp_backend is not None:
+            from .connector_icmp import icmp_proxy_factory
+
+            icmp_handler_factory = icmp_proxy_factory(self.routes, icmp_backend)
+        self.icmp: IcmpHandler | None = icmp_handler_factory(self._send_icmp) if icmp_handler_factory else None
         self._connection: quic.TunnelConnection | None = None
         self._conn_id = 0
         self._sessions: UdpSessionTable | None = None
         self._task: asyncio.Task[None] | None = None
 
+    async def __aenter__(self) -> Connector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def conn_id(self) -> int:
-        """Id of the current tunnel connection (0 before the first)."""
+        """Number of the current tunnel connection (0 before the first; +1 per reconnect)."""
         return self._conn_id
 
     @property
@@ -95,17 +140,22 @@ class Connector:
 
     async def start(self) -> None:
         """Start dialling (returns at once; wait on ``connected`` for the first welcome)."""
+        if self.icmp is not None:
+            self.icmp.start()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Stop: close the connection and every session, no reconnect."""
+        """Stop: close the connection, every session and the ICMP handler; no reconnect."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            self._task = None
         self._drop_connection()
+        if self.icmp is not None:
+            self.icmp.close()
 
     async def _run(self) -> None:
         failures = 0
@@ -129,13 +179,13 @@ class Connector:
     async def _connect_once(self, closed: asyncio.Event) -> None:
         connection, _welcome = await dial(
             self.edge_host, self.edge_port, trust=self._trust, role=ROLE_CONNECTOR, token=self._token,
-            prefixes=self.routes, on_datagrams=self._on_datagrams,
+            prefixes=self.routes, on_datagrams=self._on_datagrams, on_message=self._on_message,
         )
         self._conn_id += 1
         self._connection = connection
         self._sessions = UdpSessionTable(
             connection.send_datagrams, allowed=self.routes, max_sessions=self.max_udp_sessions,
-            default_idle_timeout=self.udp_idle_timeout,
+            default_idle_timeout=self.udp_idle_timeout, drops=self.udp_drops, stats=self.udp_stats,
         )
 
         def on_closed(_: quic.TunnelConnection, code: int, reason: str) -> None:
@@ -147,6 +197,8 @@ class Connector:
             closed.set()
             return
         self.stats["connections"] += 1
+        log.info("connected to the edge %s:%d, serving %s", self.edge_host, self.edge_port,
+                 ", ".join(map(str, self.routes)))
         self.connected.set()
         asyncio.get_running_loop().create_task(self._expire_loop(connection))
 
@@ -164,32 +216,36 @@ class Connector:
         if self._connection is not None:
             if not self._connection.is_closed:
                 self._connection.close(0, "connector closing")
-            if self._icmp_handler is not None and hasattr(self._icmp_handler, "connection_lost"):
-                self._icmp_handler.connection_lost(self._conn_id)
             self._connection = None
 
-    def _send_icmp(self, conn_id: int, packet: bytes) -> None:
+    def _send_icmp(self, packets: list[bytes]) -> None:
         connection = self._connection
-        if connection is None or conn_id != self._conn_id:
-            self.drops["icmp_connection_gone"] += 1
+        if connection is None:
+            self.drops["icmp_no_connection"] += len(packets)
             return
-        connection.send_datagrams([encode_icmp(packet)])
+        connection.send_datagrams([encode_icmp(packet) for packet in packets])
+
+    def _on_message(self, message: ControlMessage) -> None:
+        if isinstance(message, ClientGone):
+            self.stats["clients_gone"] += 1
+            if self.icmp is not None:
+                addresses = [a.packed for a in (message.client_v4, message.client_v6) if a is not None]
+                self.icmp.client_gone(addresses)
+        else:
+            self.drops["unexpected_control_message"] += 1
 
     def _on_datagrams(self, connection: quic.TunnelConnection, datagrams: list[bytes]) -> None:
         sessions = self._sessions
         if sessions is None or connection is not self._connection:
             self.drops["datagram_before_welcome"] += len(datagrams)
             return
-        handler = self._icmp_handler
-        conn_id = self._conn_id
+        icmp_packets: list[memoryview] = []
         for data in datagrams:
             if data and data[0] == DATAGRAM_ICMP:
-                if handler is None:
-                    self.drops["icmp_no_handler"] += 1
-                elif len(data) < 2:
+                if len(data) < 2:
                     self.drops["malformed_icmp_empty"] += 1
                 else:
-                    handler(conn_id, data[1:])
+                    icmp_packets.append(memoryview(data)[1:])
                 continue
             try:
                 message = decode_datagram(data)
@@ -202,3 +258,8 @@ class Connector:
                 sessions.handle_payload(message)
             else:
                 self.drops["unexpected_registration_response"] += 1
+        if icmp_packets:
+            if self.icmp is None:
+                self.drops["icmp_no_handler"] += len(icmp_packets)
+            else:
+                self.icmp.handle_packets(icmp_packets)

@@ -22,6 +22,9 @@ WELCOME     0x03  client IPv4 (4 bytes, 0.0.0.0 = none) · client IPv6 (16 bytes
                   accepted)
 ERROR       0x04  code u16 (ERROR_* below) · reason length u16 · reason (UTF-8); the edge
                   sends it just before it closes the connection
+CLIENT_GONE 0x05  client IPv4 (4 bytes, 0.0.0.0 = none) · client IPv6 (16 bytes, :: = none)
+                  (edge -> every connector: that client's connection ended, so the
+                  connector frees its ICMP flows now instead of letting them expire)
 ==========  ====  ======================================================================
 
 A prefix list is a count u16 (at most MAX_PREFIXES) and, for each prefix, family u8 (4
@@ -29,7 +32,8 @@ or 6) · prefix length u8 (<= 32 or <= 128) · the network address (4 or 16 byte
 host bits set).
 
 Order: the dialling side sends HELLO first (a connector then ANNOUNCE); the edge answers
-WELCOME, or ERROR and closes. Decoding is strict: every length is checked before it is
+WELCOME, or ERROR and closes. After its WELCOME a connector may receive CLIENT_GONE at
+any time. Decoding is strict: every length is checked before it is
 read, and anything malformed raises MalformedControlMessage with a stable ``reason``
 (one of CONTROL_MALFORMED_REASONS), after which the connection is closed.
 """
@@ -57,6 +61,7 @@ __all__ = [
     "ROLE_CLIENT",
     "ROLE_CONNECTOR",
     "Announce",
+    "ClientGone",
     "ControlDecoder",
     "ControlMessage",
     "Error",
@@ -82,6 +87,7 @@ _TYPE_HELLO = 0x01
 _TYPE_ANNOUNCE = 0x02
 _TYPE_WELCOME = 0x03
 _TYPE_ERROR = 0x04
+_TYPE_CLIENT_GONE = 0x05
 
 # Error codes: also used as the QUIC application close code.
 ERROR_PROTOCOL = 0x01
@@ -151,7 +157,15 @@ class Error:
     reason: str
 
 
-ControlMessage = Union[Hello, Announce, Welcome, Error]
+@dataclass(frozen=True)
+class ClientGone:
+    """Edge -> connectors: the client that had these tunnel addresses has gone."""
+
+    client_v4: ipaddress.IPv4Address | None
+    client_v6: ipaddress.IPv6Address | None
+
+
+ControlMessage = Union[Hello, Announce, Welcome, Error, ClientGone]
 
 _ZERO_V4 = ipaddress.IPv4Address(0)
 _ZERO_V6 = ipaddress.IPv6Address(0)
@@ -193,6 +207,9 @@ def encode_message(message: ControlMessage) -> bytes:
         if not 0 <= message.code <= 0xFFFF:
             raise ValueError(f"error code {message.code} out of range")
         kind, body = _TYPE_ERROR, struct.pack("!H", message.code) + _encode_text(message.reason, 1024)
+    elif isinstance(message, ClientGone):
+        kind = _TYPE_CLIENT_GONE
+        body = (message.client_v4 or _ZERO_V4).packed + (message.client_v6 or _ZERO_V6).packed
     else:
         raise TypeError(f"not a control message: {message!r}")
     length = 2 + len(body)
@@ -295,6 +312,10 @@ def _decode_body(body: bytes) -> ControlMessage:
         v4 = ipaddress.IPv4Address(reader.take(4, "client IPv4"))
         v6 = ipaddress.IPv6Address(reader.take(16, "client IPv6"))
         message = Welcome(v4 if v4 != _ZERO_V4 else None, v6 if v6 != _ZERO_V6 else None, reader.prefixes())
+    elif kind == _TYPE_CLIENT_GONE:
+        v4 = ipaddress.IPv4Address(reader.take(4, "client IPv4"))
+        v6 = ipaddress.IPv6Address(reader.take(16, "client IPv6"))
+        message = ClientGone(v4 if v4 != _ZERO_V4 else None, v6 if v6 != _ZERO_V6 else None)
     elif kind == _TYPE_ERROR:
         code = reader.u16("error code")
         message = Error(code, reader.text("reason", 1024, "message_too_long"))

@@ -4,7 +4,7 @@ then the edge's welcome. Shared by connectors and clients."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import FastproxyError
 from . import quic
@@ -12,6 +12,7 @@ from .control import (
     ROLE_CONNECTOR,
     Announce,
     ControlDecoder,
+    ControlMessage,
     Error,
     Hello,
     MalformedControlMessage,
@@ -42,10 +43,12 @@ async def dial(
     token: str,
     prefixes: Sequence[Network] = (),
     on_datagrams: quic.DatagramHandler | None = None,
+    on_message: Callable[[ControlMessage], None] | None = None,
     timeout: float = 10.0,
 ) -> tuple[quic.TunnelConnection, Welcome]:
     """Connect to the edge as ``role`` and wait for its welcome. Raises TunnelRejected if
-    the edge refuses, ConnectionError if the handshake fails (wrong pin...), TimeoutError."""
+    the edge refuses, ConnectionError if the handshake fails (wrong pin...), TimeoutError.
+    Control messages after the welcome (e.g. ClientGone for connectors) go to ``on_message``."""
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Welcome] = loop.create_future()
     decoder = ControlDecoder()
@@ -60,6 +63,8 @@ async def dial(
             return
         for message in messages:
             if answer.done():
+                if on_message is not None:
+                    on_message(message)
                 continue
             if isinstance(message, Welcome):
                 answer.set_result(message)

@@ -47,12 +47,14 @@ from ..datagram import (
 from ..errors import MalformedDatagram, MalformedPacket
 from ..packet import build_time_exceeded, decrement_ttl
 from . import quic
+from .certs import certificate_fingerprint, generate_self_signed
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
     ERROR_PROTOCOL,
     ROLE_CLIENT,
     ROLE_CONNECTOR,
     Announce,
+    ClientGone,
     ControlDecoder,
     Error,
     Hello,
@@ -118,11 +120,23 @@ class _AddressPool:
         self._next = self._first + 1
         self._last = int(self.network.broadcast_address) - (1 if self.network.version == 4 else 0)
         self._free: list[int] = []
+        self._free_set: set[int] = set()
         self._size = 4 if self.network.version == 4 else 16
 
-    def allocate(self) -> bytes:
+    def allocate(self, preferred: bytes | None = None) -> bytes:
+        """A free address: ``preferred`` when it is free, else any."""
+        if preferred is not None:
+            value = int.from_bytes(preferred, "big")
+            if value in self._free_set:
+                self._free.remove(value)
+                self._free_set.discard(value)
+                return preferred
+            if value == self._next and value <= self._last:
+                self._next += 1
+                return preferred
         if self._free:
             value = self._free.pop()
+            self._free_set.discard(value)
         elif self._next <= self._last:
             value = self._next
             self._next += 1
@@ -131,7 +145,9 @@ class _AddressPool:
         return value.to_bytes(self._size, "big")
 
     def release(self, address: bytes) -> None:
-        self._free.append(int.from_bytes(address, "big"))
+        value = int.from_bytes(address, "big")
+        self._free.append(value)
+        self._free_set.add(value)
 
 
 class _PrefixTable:
@@ -196,6 +212,7 @@ class _Client:
     v4: bytes | None
     v6: bytes | None
     allowed: tuple[Network, ...] | None  # None: every announced route
+    token_key: bytes = b""
     sessions: set[bytes] = field(default_factory=set)
 
 
@@ -228,6 +245,9 @@ class EdgeRouter:
         self._connectors: dict[int, tuple[Network, ...]] = {}
         self._routes = _PrefixTable()
         self._sessions: dict[bytes, _Session] = {}
+        # Last addresses given to each client token (by digest): a client that reconnects
+        # gets them back when they are free, so its flows and sessions carry on.
+        self._last_addresses: dict[bytes, tuple[bytes | None, bytes | None]] = {}
 
     # -- membership --------------------------------------------------------------
 
@@ -259,13 +279,16 @@ class EdgeRouter:
         allowed = self.config.client_tokens[token]
         if allowed is None and self.config.client_allow:
             allowed = self.config.client_allow
+        token_key = hashlib.sha256(token.encode("utf-8")).digest()
+        last_v4, last_v6 = self._last_addresses.get(token_key, (None, None))
         try:
-            v4 = self._pools[4].allocate() if 4 in self._pools else None
-            v6 = self._pools[6].allocate() if 6 in self._pools else None
+            v4 = self._pools[4].allocate(last_v4) if 4 in self._pools else None
+            v6 = self._pools[6].allocate(last_v6) if 6 in self._pools else None
         except OverflowError as exc:
             self.auth_failures["pool_exhausted"] += 1
             return Error(ERROR_PROTOCOL, str(exc))
-        client = _Client(conn_id, v4, v6, allowed)
+        self._last_addresses[token_key] = (v4, v6)
+        client = _Client(conn_id, v4, v6, allowed, token_key)
         self._clients[conn_id] = client
         for address in (v4, v6):
             if address is not None:
@@ -294,6 +317,20 @@ class EdgeRouter:
     def connectors_for(self, address: bytes) -> list[int]:
         """Connector ids serving the longest prefix that matches ``address`` (4 or 16 bytes)."""
         return list(self._routes.lookup(address) or ())
+
+    def connector_ids(self) -> list[int]:
+        """Ids of every admitted connector."""
+        return list(self._connectors)
+
+    @property
+    def client_count(self) -> int:
+        """Admitted clients."""
+        return len(self._clients)
+
+    @property
+    def connector_count(self) -> int:
+        """Admitted connectors."""
+        return len(self._connectors)
 
     def client_addresses(self, conn_id: int) -> tuple[bytes | None, bytes | None]:
         """The (IPv4, IPv6) tunnel addresses assigned to a client."""
@@ -540,12 +577,43 @@ class EdgeRouter:
 
 
 class Edge:
-    """The edge over QUIC: ``await edge.start(host, port)``, then ``edge.close()``."""
+    """The edge over QUIC (library class and what ``fastproxy edge`` runs).
 
-    def __init__(self, config: EdgeConfig, *, cert_file: str, key_file: str) -> None:
+    Use as an async context manager::
+
+        async with Edge(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",)),
+                        listen=("0.0.0.0", 4433)) as edge:
+            print(edge.port, edge.fingerprint)
+            await stop.wait()
+
+    or call ``await edge.start(host, port)`` and ``edge.close()``. Without ``cert_file`` /
+    ``key_file`` a self-signed certificate is made; clients and connectors pin
+    ``edge.fingerprint``. ``edge.router`` is the routing core with every counter;
+    ``edge.stats`` counts connections (``connections_total_<role>``,
+    ``connections_rejected``).
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+    ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if cert_file is None:
+            pair = generate_self_signed()
+            cert_file, key_file, self.fingerprint = pair.cert_file, pair.key_file, pair.fingerprint
+        else:
+            with open(cert_file, "rb") as f:
+                self.fingerprint = certificate_fingerprint(f.read())
         self.router = EdgeRouter(config)
+        self.listen = listen
+        self.stats: Counter[str] = Counter()
         self._cert_file = cert_file
-        self._key_file = key_file
+        self._key_file: str = key_file  # type: ignore[assignment]
         self._server: quic.TunnelServer | None = None
         self._connections: dict[int, quic.TunnelConnection] = {}
         self._decoders: dict[int, ControlDecoder] = {}
@@ -553,11 +621,41 @@ class Edge:
         self._next_id = 1
         self._expiry_task: asyncio.Task[None] | None = None
 
+    async def __aenter__(self) -> Edge:
+        await self.start(*self.listen)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await asyncio.sleep(0)  # let the close frames go out
+
     @property
     def port(self) -> int:
         """The UDP port the edge listens on."""
         assert self._server is not None
         return self._server.port
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) the edge listens on."""
+        assert self._server is not None
+        return self._server.address
+
+    @property
+    def connections(self) -> dict[str, int]:
+        """Open connections by role (``client``, ``connector``, ``pending`` before a hello)."""
+        counts = {ROLE_CLIENT: 0, ROLE_CONNECTOR: 0, "pending": 0}
+        for conn_id in self._connections:
+            counts[self._roles.get(conn_id, "pending")] += 1
+        return counts
+
+    def datagram_totals(self) -> tuple[int, int]:
+        """QUIC datagrams (received, sent) over every connection so far."""
+        received, sent = self.stats["datagrams_in_closed"], self.stats["datagrams_out_closed"]
+        for connection in self._connections.values():
+            received += connection.datagrams_in
+            sent += connection.datagrams_out
+        return received, sent
 
     async def start(self, host: str, port: int) -> None:
         """Start listening."""
@@ -599,6 +697,7 @@ class Edge:
 
     def _reject(self, connection: quic.TunnelConnection, error: Error) -> None:
         log.warning("rejecting %s: %s", connection.remote_address, error.reason)
+        self.stats["connections_rejected"] += 1
         try:
             connection.send_control(encode_message(error))
         finally:
@@ -620,6 +719,7 @@ class Edge:
                     self._reject(connection, result)
                     return
                 self._roles[conn_id] = message.role
+                self.stats[f"connections_total_{message.role}"] += 1
                 if message.role == ROLE_CLIENT:
                     connection.send_control(encode_message(result))
                     log.info("client %d from %s admitted", conn_id, connection.remote_address)
@@ -642,7 +742,22 @@ class Edge:
 
     def _on_closed(self, connection: quic.TunnelConnection, code: int, reason: str) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
-        self._connections.pop(conn_id, None)
+        if self._connections.pop(conn_id, None) is not None:
+            self.stats["datagrams_in_closed"] += connection.datagrams_in
+            self.stats["datagrams_out_closed"] += connection.datagrams_out
         self._decoders.pop(conn_id, None)
         self._roles.pop(conn_id, None)
+        gone = None
+        if self.router.is_client(conn_id):
+            v4, v6 = self.router.client_addresses(conn_id)
+            gone = encode_message(ClientGone(
+                ipaddress.IPv4Address(v4) if v4 else None, ipaddress.IPv6Address(v6) if v6 else None
+            ))
         self.router.remove(conn_id)
+        if gone is not None:
+            # Connectors free that client's ICMP flows now (a reconnecting client may
+            # get the same address back; it must not inherit stale flows).
+            for connector_id in self.router.connector_ids():
+                peer = self._connections.get(connector_id)
+                if peer is not None:
+                    peer.send_control(gone)

@@ -15,6 +15,11 @@ callback per received UDP batch. Sending queues frames straight into the native 
 and flushes them with one transmit per event-loop iteration, whatever the number of
 frames queued.
 
+Mutual TLS: not offered. qh3 2.1's TLS server never sends a CertificateRequest (its
+server state machine goes from ClientHello straight to the client's Finished), so a server
+built on it cannot ask for or verify client certificates; clients and connectors
+authenticate with tokens on the control stream instead.
+
 Socket I/O: both sides use qh3's quinn-udp transport (recvmmsg with GRO, sendmsg with
 GSO on Linux). On the server, each receive batch is demultiplexed by connection id first;
 each connection then decrypts its share in one native call, processes events once and
@@ -37,7 +42,7 @@ from qh3.asyncio._transport import create_optimized_datagram_transport
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import QuicConnection
+from qh3.quic.connection import QuicConnection, QuicConnectionError
 
 from .certs import normalize_pin
 
@@ -70,9 +75,12 @@ MAX_DATAGRAM_FRAME_SIZE = 1350
 MAX_UDP_PAYLOAD = 1452
 # A silent connection is closed after IDLE_TIMEOUT; the dialling side pings every
 # KEEPALIVE_INTERVAL so an idle connector or client stays up, and a dead peer is noticed
-# within IDLE_TIMEOUT.
-IDLE_TIMEOUT = 20.0
-KEEPALIVE_INTERVAL = 5.0
+# within IDLE_TIMEOUT. Short on purpose: when a connector dies (SIGKILL, lost host) the
+# edge moves its flows to another connector once the connection times out, so this is
+# the failover time. Four keepalives fit in it, so a few lost packets do not end a
+# healthy connection; a PING every second costs nothing measurable.
+IDLE_TIMEOUT = 5.0
+KEEPALIVE_INTERVAL = 1.0
 # The client opens the first bidirectional stream; its id is 0 (RFC 9000 2.1).
 CONTROL_STREAM_ID = 0
 
@@ -209,7 +217,10 @@ class TunnelConnection(QuicConnectionProtocol):
         """Append bytes to the control stream."""
         if self._terminated:
             return
-        self._quic.send_stream_data(CONTROL_STREAM_ID, data)
+        try:
+            self._quic.send_stream_data(CONTROL_STREAM_ID, data)
+        except QuicConnectionError:  # closing: the peer will not read it anyway
+            return
         self._transmit_soon()
 
     def close(self, error_code: int = 0, reason: str = "") -> None:  # type: ignore[override]
@@ -225,7 +236,10 @@ class TunnelConnection(QuicConnectionProtocol):
         def ping() -> None:
             if self._terminated:
                 return
-            self._quic.send_ping(0)
+            try:
+                self._quic.send_ping(0)
+            except QuicConnectionError:  # refused once the connection is closing: no more pings
+                return
             self.transmit()
             self._loop.call_later(interval, ping)
 

@@ -58,7 +58,8 @@ class UdpSessionTable:
     """The connector's UDP sessions for one tunnel connection.
 
     ``send`` takes a list of encoded datagrams for the edge. ``allowed`` limits
-    destinations (None: any). Counters are in ``drops`` and ``stats``.
+    destinations (None: any). Counters are in ``drops`` and ``stats`` (pass your own
+    Counters to accumulate over several tables).
     """
 
     def __init__(
@@ -69,6 +70,8 @@ class UdpSessionTable:
         max_sessions: int = 1024,
         default_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         loop: asyncio.AbstractEventLoop | None = None,
+        drops: Counter[str] | None = None,
+        stats: Counter[str] | None = None,
     ) -> None:
         self._send = send
         self._allowed = allowed
@@ -76,8 +79,9 @@ class UdpSessionTable:
         self.default_idle_timeout = default_idle_timeout
         self._loop = loop or asyncio.get_running_loop()
         self._sessions: dict[bytes, _Session] = {}
-        self.drops: Counter[str] = Counter()
-        self.stats: Counter[str] = Counter()
+        # Shared counters let the owner keep totals across tables (one per connection).
+        self.drops: Counter[str] = drops if drops is not None else Counter()
+        self.stats: Counter[str] = stats if stats is not None else Counter()
 
     def __len__(self) -> int:
         return len(self._sessions)

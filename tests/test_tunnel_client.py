@@ -1,0 +1,90 @@
+"""The client library (fastproxy.Client) and the Edge / Connector library classes, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+
+import pytest
+
+import fastproxy
+from fastproxy.datagram import RESPONSE_TOO_MANY_ACTIVE_FLOWS
+from fastproxy.packet import build_echo, parse_packet
+from tests.test_tunnel_e2e import _EchoResponder
+from tests.tunnel_support import CLIENT_TOKEN, CONNECTOR_TOKEN, certificate, networks, run, udp_echo_server, wait_for
+
+
+def _edge(**config: object) -> fastproxy.Edge:
+    config.setdefault("client_tokens", {CLIENT_TOKEN: None})
+    config.setdefault("connector_tokens", (CONNECTOR_TOKEN,))
+    return fastproxy.Edge(fastproxy.EdgeConfig(**config), cert_file=certificate().cert_file,
+                          key_file=certificate().key_file, listen=("127.0.0.1", 0))
+
+
+def test_package_exports_the_library_classes() -> None:
+    from fastproxy.tunnel.client import Client
+    from fastproxy.tunnel.connector import Connector
+    from fastproxy.tunnel.edge import Edge
+
+    assert (fastproxy.Client, fastproxy.Connector, fastproxy.Edge) == (Client, Connector, Edge)
+    with pytest.raises(AttributeError):
+        fastproxy.NoSuchThing  # noqa: B018
+
+
+def test_client_icmp_udp_refusal_and_recovery_after_reconnect() -> None:
+    async def body() -> None:
+        handlers: list[_EchoResponder] = []
+        async with _edge() as edge, fastproxy.Connector(
+            "127.0.0.1", edge.port, token=CONNECTOR_TOKEN, routes=networks("127.0.0.0/8"),
+            trust=fastproxy.Trust(pin=edge.fingerprint),
+            icmp_handler_factory=lambda sink: handlers.append(_EchoResponder(sink)) or handlers[-1],
+            max_udp_sessions=1,
+        ) as connector, udp_echo_server() as (_, port):
+            await asyncio.wait_for(connector.connected.wait(), 5)
+            async with fastproxy.Client(f"127.0.0.1:{edge.port}", CLIENT_TOKEN, edge.fingerprint,
+                                        backoff_initial=0.05) as client:
+                assert client.address_v4 is not None and client.address_v4.packed != edge.router.edge_v4
+                assert ipaddress.ip_network("127.0.0.0/8") in client.prefixes
+                me = client.address_v4.packed
+                dst = bytes([127, 0, 0, 9])
+                client.send_packets([build_echo(me, dst, 7, seq, b"hi", ttl=64) for seq in (1, 2, 3)])
+                replies = [parse_packet(await client.receive_packet(3)) for _ in range(3)]
+                assert sorted(r.echo_seq for r in replies) == [1, 2, 3]
+                assert all((r.src, r.dst, r.echo_id) == (dst, me, 7) for r in replies)
+                assert handlers[0].batches[0] == 3  # one batch reached the ICMP handler
+
+                session = await client.open_udp("127.0.0.1", port, payload=b"first")
+                assert await session.receive(3) == b"echo:first"
+                session.send(b"second")
+                assert await session.receive(3) == b"echo:second"
+
+                with pytest.raises(fastproxy.UdpSessionRefused) as refused:
+                    await client.open_udp("127.0.0.1", port)  # past the connector's session limit
+                assert refused.value.code == RESPONSE_TOO_MANY_ACTIVE_FLOWS
+
+                # The edge drops the connection: the client reconnects by itself, gets the
+                # same address back, and its session and pings work again.
+                address = client.address_v4
+                edge._connections[max(edge._connections)].close(0, "test")
+                await wait_for(lambda: client.stats["reconnects"] == 1, 5)
+                await asyncio.wait_for(client.connected.wait(), 5)
+                assert client.address_v4 == address
+                session.send(b"third")
+                assert await session.receive(3) == b"echo:third"
+                client.send_packets([build_echo(me, dst, 7, 4, b"hi", ttl=64)])
+                assert parse_packet(await client.receive_packet(3)).echo_seq == 4
+                session.close()
+                with pytest.raises(fastproxy.UdpSessionClosed):
+                    session.send(b"late")
+
+    run(body, timeout=30)
+
+
+def test_client_with_a_bad_token_is_rejected_on_entry() -> None:
+    async def body() -> None:
+        async with _edge() as edge:
+            with pytest.raises(fastproxy.TunnelRejected):
+                async with fastproxy.Client(("127.0.0.1", edge.port), "wrong", edge.fingerprint):
+                    pass
+
+    run(body)

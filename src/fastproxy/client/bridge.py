@@ -43,7 +43,9 @@ class _UdpFlow:
 class TunBridge:
     """Moves packets between ``tun`` and ``client`` (a PacketTunnel that also opens UDP
     sessions, such as :class:`fastproxy.Client`). ``start()`` watches the device;
-    ``from_tunnel`` is the client's ``on_packets`` callback. Counters: ``stats``, ``drops``."""
+    ``from_tunnel`` is the client's ``on_packets`` callback. Counters: ``stats``, and
+    ``drops`` — the client's own drop counter when it has one, so the metrics show them
+    as ``fastproxy_drops_total{component="client",reason="tun_..."}``."""
 
     def __init__(self, tun: TunDevice, client: Any, *, max_udp_flows: int = 1024) -> None:
         self.tun = tun
@@ -53,7 +55,8 @@ class TunBridge:
         self._flows: dict[FlowKey, _UdpFlow] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        drops = getattr(client, "drops", None)
+        self.drops: Counter[str] = drops if isinstance(drops, Counter) else Counter()
 
     def start(self) -> None:
         """Read the device whenever it has packets."""
@@ -91,7 +94,7 @@ class TunBridge:
             if kind == _ECHO_REQUEST[version]:
                 icmp.append(packet)
             else:
-                self.drops["icmp_not_echo_request"] += 1
+                self.drops["tun_icmp_not_echo_request"] += 1
         if icmp:
             self.stats["icmp_to_tunnel"] += len(icmp)
             self.client.send_packets(icmp)
@@ -99,13 +102,13 @@ class TunBridge:
     def _udp(self, packet: bytes) -> None:
         udp = parse_udp_packet(packet)
         if udp is None:
-            self.drops["not_icmp_or_udp"] += 1
+            self.drops["tun_not_icmp_or_udp"] += 1
             return
         key = (udp.src, udp.src_port, udp.dst, udp.dst_port)
         flow = self._flows.get(key)
         if flow is None:
             if len(self._flows) >= self.max_udp_flows:
-                self.drops["udp_flow_limit"] += 1
+                self.drops["tun_udp_flow_limit"] += 1
                 return
             flow = self._flows[key] = _UdpFlow()
             assert self._loop is not None
@@ -116,7 +119,7 @@ class TunBridge:
         elif len(flow.pending) < _PENDING_LIMIT:
             flow.pending.append(udp.payload)
         else:
-            self.drops["udp_pending_overflow"] += 1
+            self.drops["tun_udp_pending_overflow"] += 1
 
     async def _serve(self, key: FlowKey, flow: _UdpFlow) -> None:
         local, local_port, remote, remote_port = key
@@ -125,7 +128,7 @@ class TunBridge:
                 flow.session = await self.opener.open_udp(str(ipaddress.ip_address(remote)), remote_port)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.debug("UDP session to %s:%d refused: %s", ipaddress.ip_address(remote), remote_port, exc)
-                self.drops["udp_session_refused"] += len(flow.pending)
+                self.drops["tun_udp_session_refused"] += len(flow.pending)
                 return
             for payload in flow.pending:
                 flow.session.send(payload)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .client.commands import add_client_commands
 from .tunnel.commands import add_tunnel_commands
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pure-Python twin, check that both agree, and print each step. Exits 0 only if all agree.",
     )
     add_tunnel_commands(commands)
+    add_client_commands(commands)
     return parser
 
 

@@ -1,0 +1,150 @@
+"""A Linux TUN device: create it, give it addresses, MTU and routes, read and write
+IP packets in batches, and remove it (with its routes) on close.
+
+Addresses, MTU and routes are set with the ``ip`` command (iproute2), which every Linux
+host that can create a TUN device has. The device is not persistent: closing its file
+descriptor removes it, and the kernel removes its routes with it, so even a crash of the
+process leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+
+__all__ = ["DEFAULT_MTU", "TunDevice", "TunError"]
+
+log = logging.getLogger("fastproxy.client.tun")
+
+DEFAULT_MTU = 1280
+"""IPv6's minimum MTU: a packet of this size fits in one tunnel datagram."""
+
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_READ_SIZE = 65535
+_MAX_BATCH = 256
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class TunError(OSError):
+    """Creating or configuring the TUN device failed (the message says which step)."""
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise TunError(f"`ip {' '.join(args)}` failed: {result.stderr.strip() or result.returncode}")
+
+
+class TunDevice:
+    """A TUN device (no packet-info header: each read or write is one whole IP packet).
+
+    Use as a context manager::
+
+        with TunDevice("fp0") as tun:
+            tun.configure(["100.96.0.2/32"], routes=[ipaddress.ip_network("10.0.0.0/8")])
+            packets = tun.read_batch()      # [] when nothing is waiting
+            tun.write_batch(answers)
+
+    ``name`` may contain ``%d`` for the kernel to pick a free number; :attr:`name` is the
+    name it got. The file descriptor (:attr:`fd`) is non-blocking, for ``loop.add_reader``.
+    """
+
+    def __init__(self, name: str = "fastproxy%d", *, mtu: int = DEFAULT_MTU) -> None:
+        if not sys.platform.startswith("linux"):
+            raise TunError("TUN devices are supported on Linux only")
+        if not 0 < len(name.encode()) < 16:
+            raise TunError(f"bad interface name {name!r} (1 to 15 bytes)")
+        self.mtu = mtu
+        self.addresses: list[Interface] = []
+        self.routes: list[Network] = []
+        try:
+            self.fd: int | None = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TunError(exc.errno, f"cannot open /dev/net/tun: {exc.strerror} (needs root or CAP_NET_ADMIN)") from None
+        try:
+            answer = fcntl.ioctl(self.fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = None
+            raise TunError(exc.errno, f"cannot create TUN device {name!r}: {exc.strerror}") from None
+        self.name: str = answer[:16].rstrip(b"\0").decode()
+        log.debug("created TUN device %s", self.name)
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def configure(self, addresses: Iterable[str | Interface], routes: Iterable[Network] = ()) -> None:
+        """Set the MTU, add ``addresses`` (``addr/prefix``; a bare address is a host
+        address), bring the device up and route ``routes`` into it."""
+        self._check_open()
+        _ip("link", "set", "dev", self.name, "mtu", str(self.mtu))
+        for address in addresses:
+            interface = ipaddress.ip_interface(address)
+            extra = ["nodad"] if interface.version == 6 else []
+            _ip("addr", "add", str(interface), "dev", self.name, *extra)
+            self.addresses.append(interface)
+        _ip("link", "set", "dev", self.name, "up")
+        self.add_routes(routes)
+
+    def add_routes(self, routes: Iterable[Network]) -> None:
+        """Route each prefix into this device."""
+        self._check_open()
+        for route in routes:
+            family = "-6" if route.version == 6 else "-4"
+            _ip(family, "route", "replace", str(route), "dev", self.name)
+            self.routes.append(route)
+
+    def read_batch(self, limit: int = _MAX_BATCH) -> list[bytes]:
+        """Every packet waiting on the device (up to ``limit``); [] when none is."""
+        fd = self._check_open()
+        packets: list[bytes] = []
+        read = os.read
+        while len(packets) < limit:
+            try:
+                packets.append(read(fd, _READ_SIZE))
+            except BlockingIOError:
+                break
+        return packets
+
+    def write_batch(self, packets: Sequence[bytes]) -> int:
+        """Write each packet; returns how many the kernel took. A packet the kernel
+        refuses (malformed, no buffer space) is skipped, not raised."""
+        fd = self._check_open()
+        written = 0
+        for packet in packets:
+            try:
+                os.write(fd, packet)
+                written += 1
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EINVAL, errno.ENOBUFS, errno.EIO):
+                    raise
+        return written
+
+    def close(self) -> None:
+        """Remove the device (its addresses and routes go with it); idempotent."""
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        os.close(fd)
+        # Closing the only descriptor removes a non-persistent device; make sure of it.
+        subprocess.run(["ip", "link", "del", "dev", self.name], capture_output=True, check=False)
+        log.debug("removed TUN device %s", self.name)
+
+    def _check_open(self) -> int:
+        if self.fd is None:
+            raise TunError(errno.EBADF, f"TUN device {self.name} is closed")
+        return self.fd

@@ -1,0 +1,286 @@
+"""fastproxy ping / traceroute logic and their exact output, over a fake tunnel whose
+answers arrive on a fake clock (no sockets, no waiting)."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import io
+import ipaddress
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import pytest
+
+from fastproxy.client.interfaces import PacketTunnel
+from fastproxy.client.tools import format_rtt, ping, traceroute
+from fastproxy.packet import build_destination_unreachable, build_echo, build_time_exceeded, parse_packet
+
+V4 = ipaddress.IPv4Address("100.96.0.2")
+V6 = ipaddress.IPv6Address("fd00:fa57::2")
+
+
+class FakeTime:
+    """A virtual clock: sleep() jumps ahead, running every timer due on the way."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._order = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def call_at(self, at: float, callback: Callable[[], None]) -> None:
+        self._order += 1
+        heapq.heappush(self._timers, (at, self._order, callback))
+
+    async def sleep(self, delay: float) -> None:
+        target = self.now + delay
+        while self._timers and self._timers[0][0] <= target:
+            at, _, callback = heapq.heappop(self._timers)
+            self.now = max(self.now, at)
+            callback()
+            for _ in range(5):  # let the tool see what just arrived
+                await asyncio.sleep(0)
+        self.now = max(self.now, target)
+        await asyncio.sleep(0)
+
+
+class FakeTunnel:
+    """Hops ``path`` (the last is the target). A request with TTL t dies at hop t (Time
+    Exceeded from it) or reaches the target (echo reply); hop i answers after
+    ``(i + 1) * step`` seconds. ``lose(ttl, seq)`` True drops the answer."""
+
+    def __init__(self, time: FakeTime, path: list[str], *, step: float = 0.0005,
+                 lose: Callable[[int, int], bool] = lambda ttl, seq: False,
+                 unreachable_from: str | None = None, v6: bool = True) -> None:
+        self.time = time
+        self.path = [ipaddress.ip_address(a) for a in path]
+        self.step = step
+        self.lose = lose
+        self.unreachable_from = ipaddress.ip_address(unreachable_from) if unreachable_from else None
+        self.address_v4 = V4
+        self.address_v6 = V6 if v6 else None
+        self.prefixes = (ipaddress.ip_network("0.0.0.0/0"),)
+        self.sent: list[bytes] = []
+        self._ready: list[bytes] = []
+        self._event = asyncio.Event()
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        for packet in packets:
+            self.sent.append(packet)
+            info = parse_packet(packet)
+            if self.lose(info.ttl, info.echo_seq):
+                continue
+            if self.unreachable_from is not None:
+                answer = build_destination_unreachable(self.unreachable_from.packed, packet, 1 if info.version == 4 else 3)
+                hop = 1
+            elif info.ttl < len(self.path):
+                answer = build_time_exceeded(self.path[info.ttl - 1].packed, packet)
+                hop = info.ttl
+            else:
+                payload = packet[info.icmp_offset + 8:]
+                answer = build_echo(info.dst, info.src, info.echo_id, info.echo_seq, payload, reply=True,
+                                    ttl=65 - len(self.path))
+                hop = len(self.path)
+            self.time.call_at(self.time.now + hop * self.step, lambda a=answer: self._arrive(a))
+
+    def _arrive(self, packet: bytes) -> None:
+        self._ready.append(packet)
+        self._event.set()
+
+    async def receive_packet(self, timeout: float | None = None) -> bytes:
+        while not self._ready:
+            self._event.clear()
+            await self._event.wait()
+        return self._ready.pop(0)
+
+
+def run_ping(tunnel: FakeTunnel, host: str, **kwargs: object) -> tuple[int, str]:
+    out = io.StringIO()
+
+    async def main() -> int:
+        return await ping(tunnel, host, out=out, clock=tunnel.time.clock, sleep=tunnel.time.sleep, echo_id=0x1234,
+                          **kwargs)  # type: ignore[arg-type]
+
+    return asyncio.run(main()), out.getvalue()
+
+
+def run_trace(tunnel: FakeTunnel, host: str, **kwargs: object) -> tuple[int, str]:
+    out = io.StringIO()
+
+    async def main() -> int:
+        return await traceroute(tunnel, host, out=out, clock=tunnel.time.clock, sleep=tunnel.time.sleep,
+                                echo_id=0x4321, local_name="laptop",
+                                now=lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                                **kwargs)  # type: ignore[arg-type]
+
+    return asyncio.run(main()), out.getvalue()
+
+
+PATH4 = ["100.96.0.1", "192.0.2.1", "198.51.100.1", "203.0.113.8"]
+
+
+def test_fake_tunnel_is_a_packet_tunnel() -> None:
+    assert isinstance(FakeTunnel(FakeTime(), PATH4), PacketTunnel)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.000053, "0.053"), (0.00053, "0.530"), (0.001234, "1.23"), (0.0123, "12.3"), (0.1234, "123"), (1.5, "1500"),
+])
+def test_rtt_format_matches_iputils(seconds: float, text: str) -> None:
+    assert format_rtt(seconds) == text
+
+
+def test_ping_all_replies_exact_output() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4)
+    status, text = run_ping(tunnel, "203.0.113.8", count=3)
+    assert status == 0
+    assert text == (
+        "PING 203.0.113.8 (203.0.113.8) 56(84) bytes of data.\n"
+        "64 bytes from 203.0.113.8: icmp_seq=1 ttl=61 time=2.00 ms\n"
+        "64 bytes from 203.0.113.8: icmp_seq=2 ttl=61 time=2.00 ms\n"
+        "64 bytes from 203.0.113.8: icmp_seq=3 ttl=61 time=2.00 ms\n"
+        "\n--- 203.0.113.8 ping statistics ---\n"
+        "3 packets transmitted, 3 received, 0% packet loss, time 2002ms\n"
+        "rtt min/avg/max/mdev = 2.000/2.000/2.000/0.000 ms\n"
+    )
+    requests = [parse_packet(p) for p in tunnel.sent]
+    assert [r.echo_seq for r in requests] == [1, 2, 3]
+    assert all(r.src == V4.packed and r.ttl == 64 and r.echo_id == 0x1234 for r in requests)
+    assert all(r.total_length == 84 for r in requests)
+
+
+def test_ping_loss_ttl_size_interval() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: seq == 2)
+    status, text = run_ping(tunnel, "203.0.113.8", count=3, interval=0.2, size=100, ttl=9, timeout=1.0)
+    assert status == 0
+    lines = text.splitlines()
+    assert lines[0] == "PING 203.0.113.8 (203.0.113.8) 100(128) bytes of data."
+    assert [line.split()[4] for line in lines[1:3]] == ["icmp_seq=1", "icmp_seq=3"]
+    assert lines[1].startswith("108 bytes from")
+    assert lines[-2] == "3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms"
+    assert all(parse_packet(p).ttl == 9 for p in tunnel.sent)
+
+
+def test_ping_no_reply_exits_1_without_rtt_line() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: True)
+    status, text = run_ping(tunnel, "203.0.113.8", count=2, timeout=2.0)
+    assert status == 1
+    assert text.splitlines()[-1] == "2 packets transmitted, 0 received, 100% packet loss, time 1000ms"
+    assert "rtt" not in text
+
+
+def test_ping_time_exceeded_is_reported_as_error() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4)
+    status, text = run_ping(tunnel, "203.0.113.8", count=2, ttl=2, interval=0.5)
+    assert status == 1
+    lines = text.splitlines()
+    assert lines[1] == "From 192.0.2.1 icmp_seq=1 Time to live exceeded"
+    assert lines[2] == "From 192.0.2.1 icmp_seq=2 Time to live exceeded"
+    assert lines[-1] == "2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 501ms"
+
+
+def test_ping_unreachable() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, unreachable_from="192.0.2.1")
+    status, text = run_ping(tunnel, "203.0.113.8", count=1)
+    assert status == 1
+    assert "From 192.0.2.1 icmp_seq=1 Destination Host Unreachable" in text
+
+
+def test_ping_ipv6() -> None:
+    tunnel = FakeTunnel(FakeTime(), ["fd00:fa57::1", "2001:db8::1", "2001:db8:1::8"])
+    status, text = run_ping(tunnel, "2001:db8:1::8", count=1)
+    assert status == 0
+    assert text.splitlines()[:2] == [
+        "PING 2001:db8:1::8 (2001:db8:1::8) 56 data bytes",
+        "64 bytes from 2001:db8:1::8: icmp_seq=1 ttl=62 time=1.50 ms",
+    ]
+    status, text = run_ping(FakeTunnel(FakeTime(), ["fd00:fa57::1", "2001:db8::1", "2001:db8:1::8"]),
+                            "2001:db8:1::8", count=1, ttl=1)
+    assert "From fd00:fa57::1 icmp_seq=1 Time exceeded: Hop limit" in text
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"size": 1253}, "too large for the tunnel (at most 1252 bytes of data)"),
+    ({"ttl": 0}, "ttl 0 out of range"),
+])
+def test_ping_bad_arguments_exit_2(kwargs: dict[str, int], message: str) -> None:
+    status, text = run_ping(FakeTunnel(FakeTime(), PATH4), "203.0.113.8", count=1, **kwargs)
+    assert status == 2 and message in text
+
+
+def test_ping_family_the_edge_did_not_assign_exits_2() -> None:
+    status, text = run_ping(FakeTunnel(FakeTime(), PATH4, v6=False), "2001:db8::8", count=1)
+    assert status == 2
+    assert "no IPv6 address" in text
+
+
+def test_ping_stops_on_event_and_prints_summary() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4)
+    out = io.StringIO()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        tunnel.time.call_at(tunnel.time.now + 2.5, stop.set)
+        return await ping(tunnel, "203.0.113.8", out=out, clock=tunnel.time.clock, sleep=tunnel.time.sleep,
+                          stop=stop)
+
+    assert asyncio.run(main()) == 0
+    assert "3 packets transmitted, 3 received, 0% packet loss" in out.getvalue()
+
+
+def test_traceroute_lists_every_hop_then_stops() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4)
+    status, text = run_trace(tunnel, "203.0.113.8")
+    assert status == 0
+    assert text == (
+        "traceroute to 203.0.113.8 (203.0.113.8), 30 hops max, 60 byte packets\n"
+        " 1  100.96.0.1  0.500 ms  0.500 ms  0.500 ms\n"
+        " 2  192.0.2.1  1.000 ms  1.000 ms  1.000 ms\n"
+        " 3  198.51.100.1  1.500 ms  1.500 ms  1.500 ms\n"
+        " 4  203.0.113.8  2.000 ms  2.000 ms  2.000 ms\n"
+    )
+    assert [parse_packet(p).ttl for p in tunnel.sent] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+
+
+def test_traceroute_silent_hop_and_max_hops() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: ttl == 2 or ttl >= 4)
+    status, text = run_trace(tunnel, "203.0.113.8", max_hops=5, wait=1.0)
+    assert status == 1
+    lines = text.splitlines()
+    assert lines[0] == "traceroute to 203.0.113.8 (203.0.113.8), 5 hops max, 60 byte packets"
+    assert lines[2] == " 2  * * *"
+    assert lines[4:] == [" 4  * * *", " 5  * * *"]
+
+
+def test_traceroute_partial_answers_and_unreachable_flag() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: ttl == 1 and seq % 3 == 1)
+    status, text = run_trace(tunnel, "203.0.113.8", wait=1.0)
+    assert text.splitlines()[1] == " 1  100.96.0.1  0.500 ms *  0.500 ms"
+    status, text = run_trace(FakeTunnel(FakeTime(), PATH4, unreachable_from="192.0.2.1"), "203.0.113.8")
+    assert status == 1
+    assert text.splitlines()[1:] == [" 1  192.0.2.1  0.500 ms !H  0.500 ms !H  0.500 ms !H"]
+
+
+def test_traceroute_report_table() -> None:
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: ttl == 2 and seq // 30 % 2 == 1)
+    status, text = run_trace(tunnel, "203.0.113.8", report=True, cycles=4, wait=1.0)
+    assert status == 0
+    assert text == (
+        "Start: 2026-01-02T03:04:05+0000\n"
+        "HOST: laptop                      Loss%   Snt   Last    Avg   Best   Wrst  StDev\n"
+        "  1.|-- 100.96.0.1                 0.0%     4    0.5    0.5    0.5    0.5    0.0\n"
+        "  2.|-- 192.0.2.1                 50.0%     4    1.0    1.0    1.0    1.0    0.0\n"
+        "  3.|-- 198.51.100.1               0.0%     4    1.5    1.5    1.5    1.5    0.0\n"
+        "  4.|-- 203.0.113.8                0.0%     4    2.0    2.0    2.0    2.0    0.0\n"
+    )
+
+
+def test_traceroute_ipv6_header() -> None:
+    tunnel = FakeTunnel(FakeTime(), ["fd00:fa57::1", "2001:db8::8"])
+    status, text = run_trace(tunnel, "2001:db8::8")
+    assert status == 0
+    assert text.splitlines()[0] == "traceroute to 2001:db8::8 (2001:db8::8), 30 hops max, 80 byte packets"
+    assert text.splitlines()[2].startswith(" 2  2001:db8::8  1.000 ms")

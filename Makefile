@@ -1,5 +1,5 @@
 # The two set-up commands of the README; each bootstraps everything it needs.
-#   make run    the main job (until the tunnel lands: a self-check of the packet core)
+#   make run    the main job: fastproxy demo (edge, connector and client on loopback)
 #   make test   the whole test suite
 #   make bench  the benchmarks (opt-in; bounded), figures go to bench/RESULTS.md
 VENV ?= .venv
@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 run:
 	./scripts/bootstrap.sh
-	$(PY) -m fastproxy selfcheck
+	$(PY) -m fastproxy demo
 
 test:
 	./scripts/bootstrap.sh --test

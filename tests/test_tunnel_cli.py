@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fastproxy.tunnel.commands import parse_host_port, resolve_tokens
+from fastproxy.config import parse_host_port
+from fastproxy.tunnel.commands import resolve_tokens
 from tests.conftest import require_root
 from tests.tunnel_support import free_udp_port
 

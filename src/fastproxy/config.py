@@ -48,6 +48,8 @@ __all__ = [
     "add_config_argument",
     "apply_config",
     "load_config_file",
+    "host_port_arg",
+    "network_arg",
     "parse_host_port",
 ]
 
@@ -58,12 +60,28 @@ class ConfigError(ValueError):
 
 def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); ValueError when it is not one."""
-    from .tunnel.commands import parse_host_port as parse
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
 
+
+def host_port_arg(text: str) -> tuple[str, int]:
+    """argparse ``type=`` for HOST:PORT flags."""
     try:
-        return parse(text)
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError(str(exc)) from None
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def network_arg(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """argparse ``type=`` for CIDR flags (host bits must be zero)."""
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _type_name(value: object) -> str:
@@ -168,7 +186,10 @@ SCHEMAS: dict[str, Schema] = {
         Setting("key", "path", "PEM private key (with cert)"),
         Setting("connector_token", "str", "tokens connectors may present (env:NAME, @FILE)", many=True,
                 required=True),
-        Setting("client_token", "str", "tokens clients may present (env:NAME, @FILE)", many=True, required=True),
+        Setting("client_token", "str", "tokens clients may present (env:NAME, @FILE); they reach client_allow",
+                many=True),
+        Setting("client_policy", "str", "per-client policy: TOKEN=CIDR[,CIDR...] (TOKEN as in client_token); "
+                "that client may reach only these prefixes", many=True),
         Setting("client_pool", "cidr", "client address pools (one IPv4, one IPv6)", many=True),
         Setting("client_allow", "cidr", "what clients may reach (default: every announced route)", many=True),
         _METRICS,

@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from ..config import ConfigError, add_config_argument, apply_config, parse_host_port
+from ..config import ConfigError, add_config_argument, apply_config, host_port_arg
 from ..logs import add_logging_arguments, configure_logging
 
 __all__ = ["add_client_commands"]
@@ -24,22 +24,15 @@ log = logging.getLogger("fastproxy.client")
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
-def _host_port(text: str) -> tuple[str, int]:
-    try:
-        return parse_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
-    parser.add_argument("--edge", type=_host_port, metavar="HOST:PORT", help="the edge to connect to")
+    parser.add_argument("--edge", type=host_port_arg, metavar="HOST:PORT", help="the edge to connect to")
     parser.add_argument("--token", metavar="TOKEN",
                         help="this client's token (env:NAME reads an environment variable, @FILE a file)")
     parser.add_argument("--ca", metavar="FILE", help="verify the edge with this CA bundle (PEM)")
     parser.add_argument("--pin", metavar="SHA256", help="verify the edge by its certificate's SHA-256 fingerprint")
     parser.add_argument("--insecure", action="store_true", default=None, help="do not verify the edge (tests only)")
-    parser.add_argument("--metrics", type=_host_port, metavar="HOST:PORT",
+    parser.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics")
     add_logging_arguments(parser)
 

@@ -158,7 +158,7 @@ class UdpSession:
 def _parse_edge(edge: str | tuple[str, int]) -> tuple[str, int]:
     if isinstance(edge, tuple):
         return edge
-    from .commands import parse_host_port
+    from ..config import parse_host_port
 
     return parse_host_port(edge)
 

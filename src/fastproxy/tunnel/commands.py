@@ -14,26 +14,13 @@ import logging
 import os
 import signal
 
-__all__ = ["add_tunnel_commands", "parse_host_port", "resolve_tokens"]
+from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, network_arg
+from ..logs import add_logging_arguments, configure_logging
+from .edge import Network
+
+__all__ = ["add_tunnel_commands", "client_policies", "resolve_tokens"]
 
 log = logging.getLogger("fastproxy")
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def resolve_tokens(values: list[str]) -> list[str]:
@@ -58,8 +45,44 @@ def resolve_tokens(values: list[str]) -> list[str]:
     return tokens
 
 
+def client_policies(tokens: list[str], policies: list[str]) -> dict[str, tuple[Network, ...] | None]:
+    """The edge's client table: each ``--client-token`` (None: it reaches ``client_allow``) and each
+    ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes). ValueError says what is wrong."""
+    table: dict[str, tuple[Network, ...] | None] = {token: None for token in resolve_tokens(tokens)}
+    for policy in policies:
+        reference, sep, cidrs = policy.rpartition("=")
+        if not sep or not reference or not cidrs:
+            raise ValueError(f"client policy must be TOKEN=CIDR[,CIDR...], got {policy!r}")
+        try:
+            networks = tuple(ipaddress.ip_network(c.strip(), strict=True) for c in cidrs.split(","))
+        except ValueError as exc:
+            raise ValueError(f"client policy {reference}=...: {exc}") from None
+        for token in resolve_tokens([reference]):
+            if token in table:
+                raise ValueError(f"client policy {reference}: the token is given twice")
+            table[token] = networks
+    if not table:
+        raise ValueError("no client token: give --client-token or --client-policy")
+    return table
+
+
+_EXAMPLES_EDGE = """examples:
+  fastproxy edge --listen 0.0.0.0:4433 --connector-token env:FP_CONNECTOR_TOKEN \\
+                 --client-token @/etc/fastproxy/clients --client-allow 10.0.0.0/8
+  fastproxy edge --config /etc/fastproxy.toml --client-policy env:ALICE=10.0.1.0/24,fd12::/64
+"""
+_EXAMPLES_CONNECTOR = """examples:
+  fastproxy connector --edge edge.example.net:4433 --token env:FP_CONNECTOR_TOKEN \\
+                      --route 10.0.0.0/8 --pin 3f2a...c9
+  fastproxy connector --config /etc/fastproxy.toml --backend raw --metrics 127.0.0.1:9101
+"""
+
+
 def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``edge`` and ``connector`` to the ``fastproxy`` command parser."""
+    """Add ``edge`` and ``connector`` to the ``fastproxy`` command parser.
+
+    Flags default to None so that ``apply_config`` can tell a given flag from an unset one:
+    required settings are checked there, after the config file is merged in."""
     token_help = "(env:NAME reads an environment variable, @FILE a file of tokens)"
     edge = commands.add_parser(
         "edge",
@@ -67,21 +90,26 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         description="Accept clients and connectors over QUIC, authenticate them by token, give each client "
         "a tunnel address, and route its datagrams to the connector that serves the destination. Without "
         "--cert/--key a self-signed certificate is made and its SHA-256 pin is logged.",
+        epilog=_EXAMPLES_EDGE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    edge.add_argument("--listen", required=True, type=parse_host_port, metavar="HOST:PORT")
+    add_config_argument(edge)
+    edge.add_argument("--listen", type=host_port_arg, metavar="HOST:PORT", help="UDP address to listen on")
     edge.add_argument("--cert", metavar="FILE", help="PEM certificate (with --key)")
     edge.add_argument("--key", metavar="FILE", help="PEM private key (with --cert)")
-    edge.add_argument("--connector-token", action="append", default=[], required=True, metavar="TOKEN",
+    edge.add_argument("--connector-token", action="append", metavar="TOKEN",
                       help=f"a token connectors may present; repeatable {token_help}")
-    edge.add_argument("--client-token", action="append", default=[], required=True, metavar="TOKEN",
-                      help=f"a token clients may present; repeatable {token_help}")
-    edge.add_argument("--client-pool", action="append", default=[], type=_network, metavar="CIDR",
+    edge.add_argument("--client-token", action="append", metavar="TOKEN",
+                      help=f"a token clients may present (they reach --client-allow); repeatable {token_help}")
+    edge.add_argument("--client-policy", action="append", metavar="TOKEN=CIDR[,CIDR...]",
+                      help="a client token that may reach only these prefixes; repeatable")
+    edge.add_argument("--client-pool", action="append", type=network_arg, metavar="CIDR",
                       help="where client addresses come from (one IPv4, one IPv6); the first address is the "
                       "edge's own (default 100.96.0.0/16 and fd00:fa57::/64)")
-    edge.add_argument("--client-allow", action="append", default=[], type=_network, metavar="CIDR",
+    edge.add_argument("--client-allow", action="append", type=network_arg, metavar="CIDR",
                       help="what clients may reach (default: every announced route)")
-    edge.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT",
+    edge.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    add_logging_arguments(edge)
     edge.set_defaults(run=_run_edge)
 
     connector = commands.add_parser(
@@ -89,21 +117,33 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         help="run a connector: dial the edge and serve private prefixes",
         description="Dial out to the edge (no inbound port needed), announce the routes this connector "
         "serves, and proxy the ICMP and UDP that clients send to them. Reconnects with backoff.",
+        epilog=_EXAMPLES_CONNECTOR, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    connector.add_argument("--edge", required=True, type=parse_host_port, metavar="HOST:PORT")
-    connector.add_argument("--token", required=True, metavar="TOKEN", help=f"this connector's token {token_help}")
-    connector.add_argument("--route", action="append", required=True, type=_network, metavar="CIDR",
+    add_config_argument(connector)
+    connector.add_argument("--edge", type=host_port_arg, metavar="HOST:PORT")
+    connector.add_argument("--token", metavar="TOKEN", help=f"this connector's token {token_help}")
+    connector.add_argument("--route", action="append", type=network_arg, metavar="CIDR",
                            help="a prefix this connector serves; repeatable")
-    trust = connector.add_mutually_exclusive_group(required=True)
-    trust.add_argument("--ca", metavar="FILE", help="verify the edge with this CA bundle")
-    trust.add_argument("--pin", metavar="SHA256", help="verify the edge by its certificate's SHA-256 fingerprint")
-    trust.add_argument("--insecure", action="store_true", help="do not verify the edge (tests only)")
-    connector.add_argument("--backend", choices=("auto", "ping", "raw"), default="auto",
+    connector.add_argument("--ca", metavar="FILE", help="verify the edge with this CA bundle")
+    connector.add_argument("--pin", metavar="SHA256", help="verify the edge by its certificate's SHA-256 fingerprint")
+    connector.add_argument("--insecure", action="store_true", default=None,
+                           help="do not verify the edge (tests only)")
+    connector.add_argument("--backend", choices=("auto", "ping", "raw"),
                            help="ICMP backend: ping sockets (no privilege; needs net.ipv4.ping_group_range), "
                            "raw sockets (CAP_NET_RAW), or auto (the first that works; default)")
-    connector.add_argument("--metrics", type=parse_host_port, metavar="HOST:PORT",
+    connector.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    add_logging_arguments(connector)
     connector.set_defaults(run=_run_connector)
+
+
+def _configured(args: argparse.Namespace, section: str) -> None:
+    """Merge --config under the flags and set up logging; exit with the config error's text."""
+    try:
+        apply_config(args, section)
+    except ConfigError as exc:
+        raise SystemExit(f"fastproxy {section}: {exc}") from None
+    configure_logging(args.log_format, args.verbose)
 
 
 def _serve_forever(main: object) -> int:
@@ -128,19 +168,15 @@ def _serve_forever(main: object) -> int:
     return 0
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def _run_edge(args: argparse.Namespace) -> int:
     from .certs import certificate_fingerprint, generate_self_signed
     from .edge import DEFAULT_CLIENT_POOLS, Edge, EdgeConfig
 
-    _configure_logging()
+    _configured(args, "edge")
     if (args.cert is None) != (args.key is None):
         raise SystemExit("fastproxy edge: --cert and --key go together")
     try:
-        client_tokens = resolve_tokens(args.client_token)
+        client_tokens = client_policies(args.client_token or [], args.client_policy or [])
         connector_tokens = resolve_tokens(args.connector_token)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"fastproxy edge: {exc}") from None
@@ -153,10 +189,10 @@ def _run_edge(args: argparse.Namespace) -> int:
         with open(cert_file, "rb") as f:
             log.info("certificate SHA-256 pin: %s", certificate_fingerprint(f.read()))
     config = EdgeConfig(
-        client_tokens={token: None for token in client_tokens},
+        client_tokens=client_tokens,
         connector_tokens=tuple(connector_tokens),
-        client_pools=tuple(str(n) for n in args.client_pool) or DEFAULT_CLIENT_POOLS,
-        client_allow=tuple(args.client_allow),
+        client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
+        client_allow=tuple(args.client_allow or ()),
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -176,7 +212,7 @@ def _run_connector(args: argparse.Namespace) -> int:
     from .connector import Connector
     from .quic import Trust
 
-    _configure_logging()
+    _configured(args, "connector")
     try:
         (token,) = resolve_tokens([args.token])
     except (OSError, ValueError) as exc:

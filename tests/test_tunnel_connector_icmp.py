@@ -55,3 +55,41 @@ def test_one_proxy_call_per_client_per_batch_and_answers_in_one_sink_call() -> N
             handler.close()
 
     _run(body)
+
+
+def test_a_batch_is_split_by_version_and_source_even_when_the_source_fields_overlap() -> None:
+    """An IPv6 packet whose bytes 12-16 equal the first (IPv4) packet's source, and a packet too
+    short to have a source, do not ride along with the first packet's client."""
+
+    async def body() -> None:
+        backend = FakeBackend()
+        proxy = IcmpProxy(["10.0.0.0/8", "fd00:10::/32"], backend)
+        calls: list[tuple[int, int]] = []
+        original = proxy.handle_client_packets
+
+        def spy(conn_id, packets, now=None):
+            packets = list(packets)
+            calls.append((conn_id, len(packets)))
+            return original(conn_id, packets, now)
+
+        proxy.handle_client_packets = spy  # type: ignore[method-assign]
+        handler = IcmpProxyHandler(lambda packets: None, proxy)
+        handler.start()
+        try:
+            lookalike = addr("fd00:fa57:6460:2::3")  # bytes 4-8 are A's address
+            v4 = build_echo(A, TARGET, 9, 1, b"x")
+            v6 = build_echo(lookalike, addr("fd00:10::8"), 9, 2, b"x")
+            assert v6[12:16] == A
+            handler.handle_packets([memoryview(v4), memoryview(v6)])
+            assert [n for _, n in calls] == [1, 1] and len({c for c, _ in calls}) == 2
+            assert len(backend.sent) == 2
+            calls.clear()
+            handler.handle_packets([memoryview(v4), memoryview(v4[:14])])
+            assert [n for _, n in calls] == [1, 1] and calls[1][0] == 0  # the short packet: no client
+            calls.clear()
+            handler.handle_packets([memoryview(v4), memoryview(v4)])  # one client: one call
+            assert len(calls) == 1 and calls[0][1] == 2
+        finally:
+            handler.close()
+
+    _run(body)

@@ -35,6 +35,18 @@ def _source(packet: memoryview) -> bytes:
     return b""
 
 
+def _all_from(packets: list[memoryview], source: bytes) -> bool:
+    """Whether every packet has the version of ``source`` (4 or 16 bytes) and ``source`` in its
+    source field, compared in place (no bytes object per packet). A packet too short for its
+    header may pass: the proxy drops and counts it as malformed under any client id."""
+    version, start = (4, 12) if len(source) == 4 else (6, 8)
+    end = start + len(source)
+    for packet in packets:
+        if packet[start:end] != source or packet[0] >> 4 != version:
+            return False
+    return True
+
+
 class IcmpProxyHandler:
     """Feeds the ICMP packets of a connector's tunnel to an IcmpProxy and sends its answers
     back through ``sink`` (see the module docstring). ``proxy`` is the IcmpProxy; its
@@ -69,15 +81,13 @@ class IcmpProxyHandler:
     def handle_packets(self, packets: list[memoryview]) -> None:
         """Whole IP packets of one received batch: one proxy call per client in it."""
         first = _source(packets[0])
-        by_client: dict[bytes, list[memoryview]] = {first: packets}
-        # The usual batch comes from one client: split only when another source shows up.
-        for index in range(1, len(packets)):
-            source = _source(packets[index])
-            if source != first:
-                by_client = {}
-                for packet in packets:
-                    by_client.setdefault(_source(packet), []).append(packet)
-                break
+        # The usual batch comes from one client: sort packet by packet only when it does not.
+        if first and _all_from(packets, first):
+            self._service.client_packets(self._client_id(first), packets)
+            return
+        by_client: dict[bytes, list[memoryview]] = {}
+        for packet in packets:
+            by_client.setdefault(_source(packet), []).append(packet)
         for source, group in by_client.items():
             self._service.client_packets(self._client_id(source) if source else 0, group)
 

@@ -64,6 +64,17 @@ def test_icmp_bytes(impl: ModuleType) -> None:
     assert impl.decode_datagram(b"\x02" + packet) == IcmpDatagram(packet)
 
 
+def test_icmp_encoding_takes_every_buffer_kind(impl: ModuleType) -> None:
+    packet = bytes.fromhex("4500001c0001000040017cdec0000201c0000202") + bytes.fromhex("0800f7ff00000000")
+    for kind in (bytes, bytearray, memoryview, lambda p: memoryview(b"\x02" + p)[1:]):
+        assert impl.encode_icmp(kind(packet)) == b"\x02" + packet
+        assert impl.encode_icmp(kind(bytes(1280))) == b"\x02" + bytes(1280)
+        with pytest.raises(ValueError, match="1280"):
+            impl.encode_icmp(kind(bytes(1281)))
+        with pytest.raises(ValueError, match="must not be empty"):
+            impl.encode_icmp(kind(b""))
+
+
 def test_response_bytes(impl: ModuleType) -> None:
     assert impl.encode_registration_response(RID, impl.RESPONSE_OK) == b"\x03\x00" + RID + b"\x00\x00"
     encoded = impl.encode_registration_response(RID, impl.RESPONSE_ERROR, "no route ✗")

@@ -4,7 +4,9 @@
 # datagram v3 (quic/v3/datagram.go). _dg_parse() validates a datagram in place and
 # describes it with offsets (no copies) for the hot path; decode_datagram() wraps it.
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_CheckExact
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize
 
 from fastproxy._datagram_types import IcmpDatagram, RegistrationResponse, UdpPayload, UdpRegistration
 
@@ -254,14 +256,30 @@ cdef bytes _dg_concat(const uint8_t *header, size_t header_len, const uint8_t[::
 
 def encode_icmp(packet):
     """The ICMP datagram (type 0x02) carrying ``packet``, one whole IP packet of 1 to 1280 bytes."""
-    cdef const uint8_t[::1] body = packet
-    cdef uint8_t header[1]
-    if body.shape[0] == 0:
+    cdef Py_buffer view
+    cdef const uint8_t[::1] body
+    # bytes and bytearray, what the tunnel encodes for every packet, are read through a plain
+    # buffer: acquiring a typed memoryview costs more than the copy at these sizes.
+    if PyBytes_CheckExact(packet) or PyByteArray_CheckExact(packet):
+        PyObject_GetBuffer(packet, &view, PyBUF_SIMPLE)
+        try:
+            return _dg_encode_icmp(<const uint8_t *>view.buf, <size_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+    body = packet
+    return _dg_encode_icmp(&body[0] if body.shape[0] else NULL, <size_t>body.shape[0])
+
+
+cdef bytes _dg_encode_icmp(const uint8_t *packet, size_t length):
+    if length == 0:
         raise ValueError("packet must not be empty")
-    if body.shape[0] > _DG_MAX_PAYLOAD:
-        raise ValueError(f"packet of {body.shape[0]} bytes exceeds MAX_DATAGRAM_PAYLOAD (1280)")
-    header[0] = DATAGRAM_ICMP
-    return _dg_concat(header, 1, body)
+    if length > _DG_MAX_PAYLOAD:
+        raise ValueError(f"packet of {length} bytes exceeds MAX_DATAGRAM_PAYLOAD (1280)")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(length + 1))
+    cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
+    o[0] = _DG_TYPE_ICMP
+    memcpy(o + 1, packet, length)
+    return out
 
 
 def encode_udp_payload(request_id, payload):

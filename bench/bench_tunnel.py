@@ -9,10 +9,13 @@ In one run (uvloop, one process, everything on 127.0.0.1, bounded like bench_qui
 - edge -> connector -> edge: datagrams echoed over one connection, stock aioquic (its event
   queue, one sendto per packet) against our transport;
 - the whole tunnel, client -> edge -> connector -> edge -> client, with the connector running
-  the real IcmpProxy (through IcmpService and the tunnel's ICMP handler) over a loopback
-  backend that answers every echo request at once (no kernel ICMP);
-- the ICMP proxy's own cost per packet (handle_client_packets + poll_backend, batches of 32,
-  replies pre-built) against the transport's cost per echoed datagram.
+  the real IcmpProxy on the raw backend (``icmp_backend="raw"``) towards 127.0.0.8, which the
+  kernel answers;
+- the connector's ICMP cost per echoed packet on that same path (see connector_icmp_cost),
+  with the socket I/O left out and with it, and the raw socket's own cost, against the
+  transport's cost per echoed datagram.
+The ICMP parts need raw sockets (root); without, only the transport rows are printed. Loopback
+only: the raw socket sends to 127.0.0.8 alone.
 """
 
 from __future__ import annotations

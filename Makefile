@@ -18,6 +18,7 @@ test:
 
 bench:
 	./scripts/bootstrap.sh --test
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-only $(PYTEST_ARGS)
 
 clean:

@@ -11,13 +11,15 @@ venv=${VENV:-.venv}
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 
-# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr).
+# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr, dig).
+# dig comes from bind9-dnsutils (Debian 11+; `dnsutils` is only its transitional name).
 if [ "$want_test" = 1 ]; then
   missing=()
   command -v ip >/dev/null || missing+=(iproute2)
   command -v ping >/dev/null || missing+=(iputils-ping)
   command -v traceroute >/dev/null || missing+=(traceroute)
   command -v mtr >/dev/null || missing+=(mtr-tiny)
+  command -v dig >/dev/null || missing+=(bind9-dnsutils)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       say "installing Debian packages: ${missing[*]}"

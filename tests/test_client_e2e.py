@@ -1,7 +1,7 @@
 """``fastproxy client`` end to end (privileged): user host (client with a TUN device) —
 edge — connector — router — target, each in a namespace this test builds. The
-system's own ping, traceroute -I and mtr, and a plain UDP program, run unmodified in
-the user's namespace; stopping the client removes its device and routes."""
+system's own ping, traceroute -I, mtr and dig (against tests/dns_responder.py on the
+target) run unmodified in the user's namespace; stopping the client removes its device and routes."""
 
 from __future__ import annotations
 
@@ -26,25 +26,7 @@ TARGET4, TARGET6 = "203.0.113.130", "2001:db8:4::2"
 ROUTER4, ROUTER6 = "203.0.113.2", "2001:db8:3::2"
 CONNECTOR4, CONNECTOR6 = "203.0.113.1", "2001:db8:3::1"
 
-UDP_ECHO = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", 7))
-print("ready", flush=True)
-while True:
-    data, addr = s.recvfrom(2048)
-    s.sendto(b"echo:" + data, addr)
-"""
-
-UDP_PROGRAM = """
-import socket, sys
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(family, socket.SOCK_DGRAM)
-s.settimeout(5)
-s.sendto(b"question", (sys.argv[1], 7))
-print(s.recvfrom(2048)[0].decode())
-"""
+DNS_RESPONDER = str(Path(__file__).resolve().parent / "dns_responder.py")
 
 
 Network = tuple[Topology, subprocess.Popen[bytes], str, str]
@@ -89,7 +71,9 @@ def network() -> Iterator[Network]:
     processes: list[subprocess.Popen[bytes]] = []
     with topo:
         try:
-            processes.append(topo.popen("target", sys.executable, "-c", UDP_ECHO, stdout=subprocess.DEVNULL))
+            responder = topo.popen("target", sys.executable, DNS_RESPONDER, "53", stdout=subprocess.PIPE)
+            processes.append(responder)
+            assert responder.stdout is not None and responder.stdout.readline() == b"ready\n"
             processes.append(fastproxy(
                 topo, "edge", "edge", "--listen", "[::]:4433", "--cert", cert.cert_file, "--key", cert.key_file,
                 "--client-token", "client-1", "--connector-token", "connector-1", log=f"{workdir}/edge.log"))
@@ -147,12 +131,37 @@ def test_system_mtr_report(network: Network) -> None:
     assert rows[-1][2] == "0.0%"
 
 
-@pytest.mark.parametrize("target", [TARGET4, TARGET6])
-def test_udp_program_gets_its_answer(network: Network, target: str) -> None:
-    topo, *_ = network
-    result = topo.run("user", sys.executable, "-c", UDP_PROGRAM, target, check=False)
+def dig(topo: Topology, target: str, name: str, qtype: str) -> tuple[str, list[list[str]]]:
+    """Run the system's dig in the user's namespace: its output and its answer section's records."""
+    result = topo.run("user", "dig", "+time=2", "+tries=2", f"@{target}", "-p", "53", name, qtype, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "echo:question"
+    # dig names the server that answered: the target, reached over UDP through fp0.
+    assert f"SERVER: {target}#53({target}) (UDP)" in result.stdout, result.stdout
+    lines = result.stdout.splitlines()
+    records: list[list[str]] = []
+    if ";; ANSWER SECTION:" in lines:  # the section runs to the next blank line
+        for line in lines[lines.index(";; ANSWER SECTION:") + 1:]:
+            if not line.strip():
+                break
+            records.append(line.split())
+    return result.stdout, records
+
+
+@pytest.mark.parametrize("target", [TARGET4, TARGET6])
+@pytest.mark.parametrize(("qtype", "address"), [("A", "192.0.2.53"), ("AAAA", "2001:db8::53")])
+def test_dig_gets_its_answer_through_the_tunnel(network: Network, target: str, qtype: str, address: str) -> None:
+    """The system's dig, unmodified, asks the DNS responder on the target (tests/dns_responder.py)."""
+    topo, *_ = network
+    output, records = dig(topo, target, "hello.fastproxy.test", qtype)
+    assert "status: NOERROR" in output, output
+    assert records == [["hello.fastproxy.test.", "300", "IN", qtype, address]], output
+
+
+def test_dig_gets_nxdomain_through_the_tunnel(network: Network) -> None:
+    topo, *_ = network
+    output, records = dig(topo, TARGET6, "nothere.fastproxy.test", "A")
+    assert "status: NXDOMAIN" in output, output
+    assert records == [], output
 
 
 SCRAPE = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=5).read().decode())"

@@ -88,3 +88,21 @@ def test_client_with_a_bad_token_is_rejected_on_entry() -> None:
                     pass
 
     run(body)
+
+
+def test_backoff_grows_with_full_jitter_and_resets() -> None:
+    import random
+
+    from fastproxy.tunnel.dial import Backoff
+
+    random.seed(7)
+    backoff = Backoff(0.25, 2.0)
+    delays = [backoff.next_delay() for _ in range(8)]
+    bounds = [0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    assert all(0 <= d <= b for d, b in zip(delays, bounds))
+    assert max(delays[3:]) > 1.0  # the bound really grew to the maximum
+    backoff.reset()
+    assert backoff.next_delay() <= 0.25
+    assert backoff.next_delay() <= 0.5
+    with pytest.raises(ValueError):
+        Backoff(0, 1)

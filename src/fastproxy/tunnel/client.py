@@ -24,7 +24,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +42,7 @@ from ..datagram import (
 from ..errors import FastproxyError, MalformedDatagram
 from . import quic
 from .control import ROLE_CLIENT, Network
-from .dial import TunnelRejected, dial
+from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
 __all__ = ["Client", "UdpSession", "UdpSessionClosed", "UdpSessionRefused"]
@@ -330,15 +329,13 @@ class Client:
         self.connected.set()
 
     async def _run(self, closed: asyncio.Event) -> None:
-        failures = 0
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
             await closed.wait()
             log.warning("connection to the edge lost; reconnecting")
             closed = asyncio.Event()
             while True:
-                delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * (2**failures)))
-                failures = min(failures + 1, 30)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.next_delay())
                 try:
                     await self._connect_once(closed)
                 except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
@@ -347,7 +344,7 @@ class Client:
                     level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
                     log.log(level, "cannot reconnect to the edge %s:%d: %s", self.edge_host, self.edge_port, exc)
                     continue
-                failures = 0
+                backoff.reset()
                 self.stats["reconnects"] += 1
                 if self.on_reconnect is not None:
                     self.on_reconnect(self)

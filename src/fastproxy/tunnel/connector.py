@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -33,7 +32,7 @@ from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagr
 from ..errors import MalformedDatagram
 from . import quic
 from .control import ROLE_CONNECTOR, ClientGone, ControlMessage, Network
-from .dial import TunnelRejected, dial
+from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
 __all__ = ["Connector", "IcmpHandler", "IcmpHandlerFactory", "IcmpSink"]
@@ -158,12 +157,12 @@ class Connector:
             self.icmp.close()
 
     async def _run(self) -> None:
-        failures = 0
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
             closed = asyncio.Event()
             try:
                 await self._connect_once(closed)
-                failures = 0
+                backoff.reset()
                 await closed.wait()
                 log.warning("connection to the edge lost; reconnecting")
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
@@ -172,9 +171,7 @@ class Connector:
                 level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
                 log.log(level, "cannot connect to the edge %s:%d: %s", self.edge_host, self.edge_port, exc)
             self._drop_connection()
-            delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * (2**failures)))
-            failures = min(failures + 1, 30)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _connect_once(self, closed: asyncio.Event) -> None:
         connection, _welcome = await dial(

@@ -4,6 +4,7 @@ then the edge's welcome. Shared by connectors and clients."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 
 from ..errors import FastproxyError
@@ -21,7 +22,30 @@ from .control import (
     encode_message,
 )
 
-__all__ = ["TunnelRejected", "dial"]
+__all__ = ["Backoff", "TunnelRejected", "dial"]
+
+
+class Backoff:
+    """Reconnect delays: exponential from ``initial`` up to ``maximum`` seconds, with full
+    jitter (a uniform draw below the bound) so that many clients and connectors losing one
+    edge do not come back in step. ``reset()`` after a connection that came up."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        if not 0 < initial <= maximum:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, got {initial} and {maximum}")
+        self.initial = initial
+        self.maximum = maximum
+        self._failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt; each call counts one more failure."""
+        bound = min(self.maximum, self.initial * (2 ** self._failures))
+        self._failures = min(self._failures + 1, 30)
+        return random.uniform(0, bound)
+
+    def reset(self) -> None:
+        """Start again from ``initial`` (the last attempt succeeded)."""
+        self._failures = 0
 
 
 class TunnelRejected(FastproxyError, ConnectionError):

@@ -41,11 +41,12 @@ class FakeOpener:
         self.sessions: list[FakeSession] = []
         self.delay = delay
         self.fail = fail
+        self.error: BaseException = ConnectionError("destination unreachable")
 
     async def open_udp(self, host: str, port: int) -> FakeSession:
         await asyncio.sleep(self.delay)
         if self.fail:
-            raise ConnectionError("destination unreachable")
+            raise self.error
         session = FakeSession((host, port))
         self.sessions.append(session)
         return session
@@ -155,5 +156,29 @@ def test_peer_limit() -> None:
             forward.close()
             for s in socks:
                 s.close()
+
+    asyncio.run(main())
+
+
+def test_an_unanswered_registration_is_counted_not_raised() -> None:
+    """Client.open_udp times out with asyncio.TimeoutError (on Python 3.10 not the builtin
+    TimeoutError): the peer's datagrams are counted as failed and the peer forgotten."""
+
+    async def main() -> None:
+        opener = FakeOpener(fail=True)
+        opener.error = asyncio.TimeoutError()
+        forward = UdpForward(opener, ("10.0.0.53", 53))
+        address = await forward.start("127.0.0.1", 0)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.sendto(b"lost", address)
+            for _ in range(200):
+                if forward.drops["session_open_failed"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert forward.drops["session_open_failed"] == 1 and forward.peers == 0
+        finally:
+            forward.close()
+            sock.close()
 
     asyncio.run(main())

@@ -176,7 +176,7 @@ class _Demo:
         ok = True
         try:
             session = await client.open_udp("127.0.0.1", port, timeout=5.0)
-        except (ConnectionError, TimeoutError, OSError) as exc:
+        except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
             self.step("UDP echo through the tunnel", False, f"the session was not opened: {exc}")
             return
         try:
@@ -185,7 +185,7 @@ class _Demo:
                 session.send(message)
                 try:
                     answer = await session.receive(timeout=3.0)
-                except (TimeoutError, asyncio.TimeoutError, EOFError):
+                except (asyncio.TimeoutError, EOFError):
                     self.say(f"    sent {message.decode()!r:<28} no answer")
                     ok = False
                     continue
@@ -229,6 +229,6 @@ def run_demo(out: TextIO, *, clock: Callable[[], float] = time.perf_counter) -> 
     logging.getLogger("fastproxy").setLevel(logging.ERROR)
     try:
         return asyncio.run(_Demo(out, clock).run())
-    except (ConnectionError, TimeoutError, OSError) as exc:
+    except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
         print(f"fastproxy demo: the tunnel did not come up: {exc or type(exc).__name__}", file=out)
         return 1

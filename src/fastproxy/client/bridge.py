@@ -126,7 +126,7 @@ class TunBridge:
         try:
             try:
                 flow.session = await self.opener.open_udp(str(ipaddress.ip_address(remote)), remote_port)
-            except (ConnectionError, OSError, TimeoutError) as exc:
+            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 log.debug("UDP session to %s:%d refused: %s", ipaddress.ip_address(remote), remote_port, exc)
                 self.drops["tun_udp_session_refused"] += len(flow.pending)
                 return

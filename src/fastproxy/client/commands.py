@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
 
     try:
         return asyncio.run(runner())
-    except (ConnectionError, TimeoutError, OSError, ValueError) as exc:
+    except (ConnectionError, asyncio.TimeoutError, OSError, ValueError) as exc:
         edge = f" {args.edge[0]}:{args.edge[1]}" if getattr(args, "edge", None) else ""
         print(f"fastproxy {args.command}: edge{edge}: {exc or type(exc).__name__}", file=sys.stderr)
         return 2

@@ -104,7 +104,8 @@ class UdpForward(asyncio.DatagramProtocol):
     async def _serve(self, peer: _Peer) -> None:
         try:
             session = await self._opener.open_udp(*self.remote)
-        except (ConnectionError, OSError, TimeoutError) as exc:
+        # asyncio.TimeoutError (an unanswered registration): not the builtin one on 3.10.
+        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
             log.warning("cannot open a UDP session to %s:%d for %s: %s", *self.remote, peer.address, exc)
             self.drops["session_open_failed"] += len(peer.pending)
             self._peers.pop(peer.address, None)

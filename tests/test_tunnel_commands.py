@@ -75,3 +75,19 @@ def test_help_has_examples() -> None:
     for command in ("edge", "connector"):
         result = run(command, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout and "--config" in result.stdout
+
+
+def test_bad_pin_and_unreadable_certificate_files_are_one_line_errors(tmp_path: Path) -> None:
+    result = run("connector", "--edge", "127.0.0.1:1", "--token", "t", "--route", "10.0.0.0/8", "--pin", "abc")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "fastproxy connector: --pin: pin is not hexadecimal" in result.stderr
+    missing = tmp_path / "missing.pem"
+    result = run("connector", "--edge", "127.0.0.1:1", "--token", "t", "--route", "10.0.0.0/8", "--ca", str(missing))
+    assert result.returncode == 1 and f"--ca {missing}: cannot read" in result.stderr
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for cert in (missing, junk):
+        result = run("edge", "--listen", "127.0.0.1:0", "--connector-token", "c", "--client-token", "t",
+                     "--cert", str(cert), "--key", str(cert))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert f"fastproxy edge: --cert {cert} / --key {cert}: need a PEM certificate" in result.stderr

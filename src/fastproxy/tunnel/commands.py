@@ -169,6 +169,9 @@ def _serve_forever(main: object) -> int:
 
 
 def _run_edge(args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     from .certs import certificate_fingerprint, generate_self_signed
     from .edge import DEFAULT_CLIENT_POOLS, Edge, EdgeConfig
 
@@ -186,8 +189,17 @@ def _run_edge(args: argparse.Namespace) -> int:
         log.info("generated a self-signed certificate; connectors and clients pin it with --pin %s", fingerprint)
     else:
         cert_file, key_file = args.cert, args.key
-        with open(cert_file, "rb") as f:
-            log.info("certificate SHA-256 pin: %s", certificate_fingerprint(f.read()))
+        # Checked here, so a wrong file is one line naming it, not a traceback from the TLS stack.
+        try:
+            with open(cert_file, "rb") as f:
+                cert_pem = f.read()
+            x509.load_pem_x509_certificate(cert_pem)
+            with open(key_file, "rb") as f:
+                serialization.load_pem_private_key(f.read(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise SystemExit(f"fastproxy edge: --cert {cert_file} / --key {key_file}: "
+                             f"need a PEM certificate and its unencrypted PEM key: {exc}") from None
+        log.info("certificate SHA-256 pin: %s", certificate_fingerprint(cert_pem))
     config = EdgeConfig(
         client_tokens=client_tokens,
         connector_tokens=tuple(connector_tokens),
@@ -197,7 +209,10 @@ def _run_edge(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         edge = Edge(config, cert_file=cert_file, key_file=key_file)
-        await edge.start(*args.listen)
+        try:
+            await edge.start(*args.listen)
+        except OSError as exc:
+            raise SystemExit(f"fastproxy edge: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}") from None
         log.info("edge listening on %s:%d", args.listen[0], edge.port)
         metrics = await _start_metrics(args.metrics, edge=edge)
         await stop.wait()
@@ -217,7 +232,12 @@ def _run_connector(args: argparse.Namespace) -> int:
         (token,) = resolve_tokens([args.token])
     except (OSError, ValueError) as exc:
         raise SystemExit(f"fastproxy connector: {exc}") from None
-    trust = Trust(pin=args.pin) if args.pin else Trust(cafile=args.ca) if args.ca else Trust(insecure=True)
+    try:
+        trust = Trust(pin=args.pin) if args.pin else Trust(cafile=args.ca) if args.ca else Trust(insecure=True)
+    except ValueError as exc:
+        raise SystemExit(f"fastproxy connector: --pin: {exc}") from None
+    if args.ca is not None and not os.access(args.ca, os.R_OK):
+        raise SystemExit(f"fastproxy connector: --ca {args.ca}: cannot read the CA bundle")
     from ..icmp import BackendUnavailable
 
     try:

@@ -215,7 +215,10 @@ def test_connector_reconnects_by_itself_after_the_edge_closes_it() -> None:
             for connection in list(edge._connections.values()):
                 connection.close(0, "test closes it")
             await wait_for(lambda: connector.conn_id > first_id and connector.connected.is_set(), timeout=5)
+            expiry = connector._expiry_task
             await connector.close()
+            await asyncio.sleep(0)
+            assert expiry is not None and expiry.done()  # no task left behind by close()
 
     run(body)
 

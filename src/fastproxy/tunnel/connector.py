@@ -119,6 +119,7 @@ class Connector:
         self._conn_id = 0
         self._sessions: UdpSessionTable | None = None
         self._task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Connector:
         await self.start()
@@ -197,7 +198,7 @@ class Connector:
         log.info("connected to the edge %s:%d, serving %s", self.edge_host, self.edge_port,
                  ", ".join(map(str, self.routes)))
         self.connected.set()
-        asyncio.get_running_loop().create_task(self._expire_loop(connection))
+        self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(connection))
 
     async def _expire_loop(self, connection: quic.TunnelConnection) -> None:
         while not connection.is_closed and self._connection is connection:
@@ -207,6 +208,9 @@ class Connector:
 
     def _drop_connection(self) -> None:
         self.connected.clear()
+        if self._expiry_task is not None:  # not left pending after close()
+            self._expiry_task.cancel()
+            self._expiry_task = None
         if self._sessions is not None:
             self._sessions.close()
             self._sessions = None

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -82,6 +83,8 @@ class Process:
                 self.process.wait()
 
 
+P = TypeVar("P", bound=Process)
+
 class ClientWorker(Process):
     def ask(self, **request: object) -> dict:
         import json
@@ -111,39 +114,49 @@ class Tunnel:
         self.topo = topo
         cert = certificate()
         self.pin = cert.fingerprint
-        self.edge = Process(
-            topo, "edge", sys.executable, "-m", "fastproxy", "edge", "--listen", f"0.0.0.0:{PORT}",
-            "--cert", cert.cert_file, "--key", cert.key_file, "--client-token", CLIENT_TOKEN,
-            "--connector-token", CONNECTOR_TOKEN, "--client-pool", "198.51.100.128/25",
-            "--client-pool", "2001:db8:ff::/64",
-        )
-        self.edge.wait_for("edge listening")
         self.announced = 0
         self.connectors: dict[str, Process] = {}
-        self.start_connector("connector")
-        self.echo = Process(topo, "target", sys.executable, "-c", UDP_ECHO)
-        self.client = ClientWorker(
-            topo, "client", sys.executable, "-m", "tests.tunnel_client_worker", "--edge",
-            f"{EDGE_FOR['client']}:{PORT}", "--token", CLIENT_TOKEN, "--pin", self.pin, stdin=True,
-        )
+        self.started: list[Process] = []  # stopped by close(), also when setting up fails half-way
+        try:
+            self.edge = self._started(Process(
+                topo, "edge", sys.executable, "-m", "fastproxy", "edge", "--listen", f"0.0.0.0:{PORT}",
+                "--cert", cert.cert_file, "--key", cert.key_file, "--client-token", CLIENT_TOKEN,
+                "--connector-token", CONNECTOR_TOKEN, "--client-pool", "198.51.100.128/25",
+                "--client-pool", "2001:db8:ff::/64",
+            ))
+            self.edge.wait_for("edge listening")
+            self.start_connector("connector")
+            self.echo = self._started(Process(topo, "target", sys.executable, "-c", UDP_ECHO))
+            self.client = self._started(ClientWorker(
+                topo, "client", sys.executable, "-m", "tests.tunnel_client_worker", "--edge",
+                f"{EDGE_FOR['client']}:{PORT}", "--token", CLIENT_TOKEN, "--pin", self.pin, stdin=True,
+            ))
+        except BaseException:
+            self.close()
+            raise
+
+    def _started(self, process: P) -> P:
+        self.started.append(process)
+        return process
 
     def start_connector(self, node: str) -> None:
-        self.connectors[node] = Process(
+        self.connectors[node] = self._started(Process(
             self.topo, node, sys.executable, "-m", "fastproxy", "connector", "--edge", f"{EDGE_FOR[node]}:{PORT}",
             "--token", CONNECTOR_TOKEN, "--pin", self.pin, "--route", "203.0.113.16/29",
             "--route", "2001:db8:3::/64", "--backend", "raw",
-        )
+        ))
         self.announced += 1
         self.edge.wait_for("serves 203.0.113.16/29", count=self.announced)
 
     def close(self) -> None:
-        if self.client.process.poll() is None:
+        client = getattr(self, "client", None)
+        if client is not None and client.process.poll() is None:
             try:
-                self.client.ask(op="quit")
+                client.ask(op="quit")
             except (AssertionError, OSError):
                 pass
-        for process in (self.client, self.echo, *self.connectors.values(), self.edge):
-            process.stop(signal.SIGKILL if process is self.echo else signal.SIGTERM)
+        for process in reversed(self.started):
+            process.stop(signal.SIGKILL if process is getattr(self, "echo", None) else signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")

@@ -31,23 +31,30 @@ if [ "$want_test" = 1 ]; then
   fi
 fi
 
-# A Python >= 3.10 with venv support.
-py=${PYTHON:-}
-if [ -z "$py" ]; then
+# A Python >= 3.10 that can make a venv (Debian ships ensurepip apart, in python3-venv),
+# and what compiling the core needs: a C compiler and that Python's headers (python3-dev).
+find_python() {
   for cand in python3 python3.13 python3.12 python3.11 python3.10; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-      py=$cand; break
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+      echo "$cand"; return 0
     fi
   done
-fi
-if [ -z "$py" ]; then
+  return 0
+}
+can_build() {
+  { command -v gcc >/dev/null || command -v cc >/dev/null; } &&
+    "$py" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null
+}
+py=${PYTHON:-$(find_python)}
+if [ -z "$py" ] || ! can_build; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing python3 from Debian"
+    say "installing python3, python3-venv, python3-dev and gcc from Debian"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-dev gcc >/dev/null
-    py=python3
-  else
-    say "no Python >= 3.10 with venv found; install python3, python3-venv and python3-dev"; exit 1
+    py=${py:-$(find_python)}
+  fi
+  if [ -z "$py" ] || ! can_build; then
+    say "need a Python >= 3.10 with venv and its headers, and a C compiler: install python3, python3-venv, python3-dev and gcc"; exit 1
   fi
 fi
 

@@ -90,19 +90,27 @@ def test_client_with_a_bad_token_is_rejected_on_entry() -> None:
     run(body)
 
 
-def test_backoff_grows_with_full_jitter_and_resets() -> None:
+def test_backoff_grows_with_full_jitter_and_restarts_only_after_a_stable_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import random
 
-    from fastproxy.tunnel.dial import Backoff
+    from fastproxy.tunnel import dial
 
+    clock = [100.0]
+    monkeypatch.setattr(dial.time, "monotonic", lambda: clock[0])
     random.seed(7)
-    backoff = Backoff(0.25, 2.0)
+    backoff = dial.Backoff(0.25, 2.0, stable_after=10.0)
     delays = [backoff.next_delay() for _ in range(8)]
     bounds = [0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     assert all(0 <= d <= b for d, b in zip(delays, bounds))
     assert max(delays[3:]) > 1.0  # the bound really grew to the maximum
-    backoff.reset()
+    backoff.connected()
+    clock[0] += 1.0  # dropped after a second: keep backing off
+    assert max(backoff.next_delay() for _ in range(20)) > 1.0
+    backoff.connected()
+    clock[0] += 60.0  # stayed up for a minute: start again from the beginning
     assert backoff.next_delay() <= 0.25
     assert backoff.next_delay() <= 0.5
     with pytest.raises(ValueError):
-        Backoff(0, 1)
+        dial.Backoff(0, 1)

@@ -344,7 +344,7 @@ class Client:
                     level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
                     log.log(level, "cannot reconnect to the edge %s:%d: %s", self.edge_host, self.edge_port, exc)
                     continue
-                backoff.reset()
+                backoff.connected()
                 self.stats["reconnects"] += 1
                 if self.on_reconnect is not None:
                     self.on_reconnect(self)

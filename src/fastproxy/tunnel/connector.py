@@ -163,7 +163,7 @@ class Connector:
             closed = asyncio.Event()
             try:
                 await self._connect_once(closed)
-                backoff.reset()
+                backoff.connected()
                 await closed.wait()
                 log.warning("connection to the edge lost; reconnecting")
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Sequence
 
 from ..errors import FastproxyError
@@ -28,24 +29,32 @@ __all__ = ["Backoff", "TunnelRejected", "dial"]
 class Backoff:
     """Reconnect delays: exponential from ``initial`` up to ``maximum`` seconds, with full
     jitter (a uniform draw below the bound) so that many clients and connectors losing one
-    edge do not come back in step. ``reset()`` after a connection that came up."""
+    edge do not come back in step. Call ``connected()`` when a connection comes up: the
+    delays start again from ``initial`` only if that connection then stayed up for
+    ``stable_after`` seconds, so an edge that accepts and drops at once is not hammered."""
 
-    def __init__(self, initial: float, maximum: float) -> None:
+    def __init__(self, initial: float, maximum: float, stable_after: float = 10.0) -> None:
         if not 0 < initial <= maximum:
             raise ValueError(f"backoff needs 0 < initial <= maximum, got {initial} and {maximum}")
         self.initial = initial
         self.maximum = maximum
+        self.stable_after = stable_after
         self._failures = 0
+        self._up_since: float | None = None
+
+    def connected(self) -> None:
+        """A connection came up now."""
+        self._up_since = time.monotonic()
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call counts one more failure."""
+        if self._up_since is not None:
+            if time.monotonic() - self._up_since >= self.stable_after:
+                self._failures = 0
+            self._up_since = None
         bound = min(self.maximum, self.initial * (2 ** self._failures))
         self._failures = min(self._failures + 1, 30)
         return random.uniform(0, bound)
-
-    def reset(self) -> None:
-        """Start again from ``initial`` (the last attempt succeeded)."""
-        self._failures = 0
 
 
 class TunnelRejected(FastproxyError, ConnectionError):

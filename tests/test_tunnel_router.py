@@ -73,6 +73,18 @@ def test_tokens_and_addresses() -> None:
     assert str(admit(router, 12).client_v4) == "100.96.0.2"  # released address reused
 
 
+def test_one_token_cannot_take_the_whole_pool() -> None:
+    router = make_router(client_tokens={"c": None, "other": None}, max_connections_per_token=2)
+    admit(router, 10), admit(router, 11)
+    refused = router.authenticate(12, Hello("client", "c"))
+    assert isinstance(refused, Error) and "already has 2 connections" in refused.reason
+    assert router.auth_failures == {"token_connection_limit": 1}
+    assert not router.is_client(12)
+    assert isinstance(router.authenticate(13, Hello("client", "other")), Welcome)  # others still get in
+    router.remove(10)
+    assert isinstance(router.authenticate(14, Hello("client", "c")), Welcome)  # a freed slot is usable
+
+
 def test_longest_prefix_match() -> None:
     router = make_router()
     admit(router)

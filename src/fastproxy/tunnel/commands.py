@@ -107,6 +107,8 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                       "edge's own (default 100.96.0.0/16 and fd00:fa57::/64)")
     edge.add_argument("--client-allow", action="append", type=network_arg, metavar="CIDR",
                       help="what clients may reach (default: every announced route)")
+    edge.add_argument("--max-connections-per-token", type=int, metavar="N",
+                      help="clients one token may have connected at once (default 8; 0: no limit)")
     edge.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
     add_logging_arguments(edge)
@@ -205,6 +207,7 @@ def _run_edge(args: argparse.Namespace) -> int:
         connector_tokens=tuple(connector_tokens),
         client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
         client_allow=tuple(args.client_allow or ()),
+        max_connections_per_token=args.max_connections_per_token,
     )
 
     async def main(stop: asyncio.Event) -> None:

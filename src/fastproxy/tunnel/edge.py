@@ -50,6 +50,7 @@ from . import quic
 from .certs import certificate_fingerprint, generate_self_signed
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
+    ERROR_POLICY,
     ERROR_PROTOCOL,
     ROLE_CLIENT,
     ROLE_CONNECTOR,
@@ -83,7 +84,8 @@ class EdgeConfig:
     ``client_allow``, and when that is empty too, every announced route).
     ``connector_tokens`` are the tokens connectors may present. ``client_pools`` are the
     CIDRs client addresses come from (one IPv4, one IPv6 at most); the first address of
-    each pool is the edge's own tunnel address.
+    each pool is the edge's own tunnel address. ``max_connections_per_token`` bounds the
+    clients one token may have connected at once (each takes pool addresses; 0: no bound).
     """
 
     client_tokens: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class EdgeConfig:
     client_pools: tuple[str, ...] = DEFAULT_CLIENT_POOLS
     client_allow: tuple[Network, ...] = ()
     max_sessions_per_client: int = 1024
+    max_connections_per_token: int = 8
     session_idle_slack: float = 30.0
 
 
@@ -280,6 +283,12 @@ class EdgeRouter:
         if allowed is None and self.config.client_allow:
             allowed = self.config.client_allow
         token_key = hashlib.sha256(token.encode("utf-8")).digest()
+        # Each connection takes pool addresses: one token must not be able to use them all up.
+        limit = self.config.max_connections_per_token
+        if limit and sum(1 for c in self._clients.values() if c.token_key == token_key) >= limit:
+            self.auth_failures["token_connection_limit"] += 1
+            return Error(ERROR_POLICY, f"this token already has {limit} connections (the edge's limit); "
+                         "close one, or raise max_connections_per_token on the edge")
         last_v4, last_v6 = self._last_addresses.get(token_key, (None, None))
         try:
             v4 = self._pools[4].allocate(last_v4) if 4 in self._pools else None

@@ -37,6 +37,9 @@ out["link"] = ip("link", "show", "dev", tun.name)
 out["addr"] = ip("addr", "show", "dev", tun.name)
 out["routes4"] = ip("-4", "route", "show", "dev", tun.name)
 out["routes6"] = ip("-6", "route", "show", "dev", tun.name)
+tun.set_addresses(["100.96.0.9/32", "fd00:fa57::2/128"])  # a reconnect that got a new IPv4 address
+out["readdressed"] = ip("addr", "show", "dev", tun.name)
+tun.set_addresses(["100.96.0.2/32", "fd00:fa57::2/128"])
 out["early"] = [p[0] >> 4 for p in tun.read_batch()]  # IPv6 router solicitations and such
 for family, target in (("-4", "192.0.2.5"), ("-6", "2001:db8:5::5")):
     ping = subprocess.Popen(["ping", family, "-n", "-c", "1", "-W", "5", target],
@@ -74,6 +77,8 @@ def test_tun_device_lifecycle_and_packets() -> None:
         assert "mtu 1280" in out["link"] and ",UP" in out["link"]
         assert "100.96.0.2/32" in out["addr"] and "fd00:fa57::2/128" in out["addr"]
         assert "192.0.2.0/24" in out["routes4"]
+        assert "100.96.0.9/32" in out["readdressed"] and "100.96.0.2/" not in out["readdressed"]
+        assert "fd00:fa57::2/128" in out["readdressed"]
         assert "2001:db8:5::/64" in out["routes6"]
         assert set(out["early"]) <= {4, 6}
         assert out["request-4"] == ["100.96.0.2", "192.0.2.5"]

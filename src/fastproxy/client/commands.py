@@ -270,6 +270,12 @@ def _tun_routes(prefixes: tuple[Any, ...], edge_host: str) -> list[Any]:
     return routes
 
 
+def _tun_addresses(client: Any) -> list[str]:
+    """The TUN device's addresses: the client's tunnel addresses as host routes."""
+    addresses = [f"{client.address_v4}/32"] if client.address_v4 else []
+    return addresses + ([f"{client.address_v6}/128"] if client.address_v6 else [])
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from .bridge import TunBridge
     from .tun import TunDevice, TunError
@@ -284,17 +290,22 @@ def _run_client(args: argparse.Namespace) -> int:
                 print(f"fastproxy client: {exc}", file=sys.stderr)
                 return 2
             with tun:
-                addresses = [f"{client.address_v4}/32"] if client.address_v4 else []
-                addresses += [f"{client.address_v6}/128"] if client.address_v6 else []
                 routes = _tun_routes(client.prefixes, client.edge_host)
-                tun.configure(addresses, routes)
+                tun.configure(_tun_addresses(client), routes)
                 if not routes:
                     log.warning("the edge allows this client no prefixes (has a connector announced any?)")
                 bridge = TunBridge(tun, client)
                 client.on_packets = bridge.from_tunnel
 
                 def on_reconnect(_: Any) -> None:
-                    # The edge may offer other prefixes after a reconnect: route the new ones.
+                    # The edge normally gives the same addresses back; if it could not (the old
+                    # connection was not yet timed out), the device must carry the new ones, or
+                    # the edge would drop every packet as spoofed.
+                    addresses = _tun_addresses(client)
+                    if set(map(str, tun.addresses)) != set(addresses):
+                        tun.set_addresses(addresses)
+                        log.warning("the edge assigned new addresses after a reconnect: %s", ", ".join(addresses))
+                    # It may also offer other prefixes: route the new ones.
                     new = [p for p in _tun_routes(client.prefixes, client.edge_host) if p not in tun.routes]
                     if new:
                         tun.add_routes(new)
@@ -302,8 +313,8 @@ def _run_client(args: argparse.Namespace) -> int:
 
                 client.on_reconnect = on_reconnect
                 bridge.start()
-                log.info("tunnel up on %s: addresses %s; routes %s", tun.name, ", ".join(addresses) or "none",
-                         ", ".join(map(str, routes)) or "none")
+                log.info("tunnel up on %s: addresses %s; routes %s", tun.name,
+                         ", ".join(map(str, tun.addresses)) or "none", ", ".join(map(str, routes)) or "none")
                 try:
                     await stop.wait()
                 finally:

@@ -92,13 +92,25 @@ class TunDevice:
         address), bring the device up and route ``routes`` into it."""
         self._check_open()
         _ip("link", "set", "dev", self.name, "mtu", str(self.mtu))
-        for address in addresses:
-            interface = ipaddress.ip_interface(address)
-            extra = ["nodad"] if interface.version == 6 else []
-            _ip("addr", "add", str(interface), "dev", self.name, *extra)
-            self.addresses.append(interface)
+        self.set_addresses(addresses)
         _ip("link", "set", "dev", self.name, "up")
         self.add_routes(routes)
+
+    def set_addresses(self, addresses: Iterable[str | Interface]) -> None:
+        """Make the device's addresses exactly ``addresses`` (``addr/prefix``): add the new
+        ones, remove the others (the edge may assign new ones after a reconnect)."""
+        self._check_open()
+        wanted = [ipaddress.ip_interface(address) for address in addresses]
+        # Add before removing: when a device loses its last IPv4 address the kernel flushes
+        # the routes through it.
+        for interface in wanted:
+            if interface not in self.addresses:
+                extra = ["nodad"] if interface.version == 6 else []
+                _ip("addr", "add", str(interface), "dev", self.name, *extra)
+                self.addresses.append(interface)
+        for old in [a for a in self.addresses if a not in wanted]:
+            _ip("addr", "del", str(old), "dev", self.name)
+            self.addresses.remove(old)
 
     def add_routes(self, routes: Iterable[Network]) -> None:
         """Route each prefix into this device."""

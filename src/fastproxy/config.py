@@ -193,7 +193,7 @@ SCHEMAS: dict[str, Schema] = {
         Setting("client_pool", "cidr", "client address pools (one IPv4, one IPv6)", many=True),
         Setting("client_allow", "cidr", "what clients may reach (default: every announced route)", many=True),
         Setting("max_connections_per_token", "int", "clients one token may have connected at once (0: no limit)",
-                default=8),
+                default=64),
         _METRICS,
         *_LOGGING,
     )),

@@ -108,7 +108,7 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     edge.add_argument("--client-allow", action="append", type=network_arg, metavar="CIDR",
                       help="what clients may reach (default: every announced route)")
     edge.add_argument("--max-connections-per-token", type=int, metavar="N",
-                      help="clients one token may have connected at once (default 8; 0: no limit)")
+                      help="clients one token may have connected at once (default 64; 0: no limit)")
     edge.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
     add_logging_arguments(edge)

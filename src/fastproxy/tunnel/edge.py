@@ -93,7 +93,7 @@ class EdgeConfig:
     client_pools: tuple[str, ...] = DEFAULT_CLIENT_POOLS
     client_allow: tuple[Network, ...] = ()
     max_sessions_per_client: int = 1024
-    max_connections_per_token: int = 8
+    max_connections_per_token: int = 64
     session_idle_slack: float = 30.0
 
 

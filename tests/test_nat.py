@@ -212,6 +212,17 @@ def test_inbound_truncated_slot_dropped(impl: ModuleType) -> None:
     assert nat.take_drops() == {"reply_truncated": 1}
 
 
+def test_inbound_v6_message_too_long_for_an_ipv6_header_dropped(impl: ModuleType) -> None:
+    # A slot may hold more than an IPv6 payload length can say (slot_size up to 256 KiB).
+    _, nat, _, _ = make(impl)
+    batch = impl.PacketBatch(2, slot_size=70000)
+    for i, size in enumerate((65536, 70000)):
+        batch.set(i, bytes([129]) + bytes(size - 1), address=(TARGET6, 0, 0, 0), ttl=64)
+    batch.count = 2
+    assert nat.inbound(batch, 6, 1.0) == []
+    assert nat.take_drops() == {"reply_malformed": 2}
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     packets=st.lists(

@@ -13,7 +13,7 @@ from libc.stdlib cimport free, malloc
 
 cdef enum:
     _NAT_MAX_PREFIXES = 256
-    _NAT_SCRATCH = 40 + 65536   # an IPv6 header + the largest ICMPv6 message a raw socket gives
+    _NAT_SCRATCH = 40 + 0xFFFF   # an IPv6 header + the largest ICMPv6 message its payload length allows
 
 # Reasons for client packets the engine does not forward (besides PACKET_MALFORMED_REASONS).
 NAT_REFUSAL_REASONS = (
@@ -236,7 +236,7 @@ cdef class EchoNat:
         else:
             # A raw ICMPv6 socket gives the message alone (the kernel verified its checksum):
             # put the IPv6 header back; the destination is filled in once the flow is known.
-            if n + 40 > _NAT_SCRATCH:
+            if n > 0xFFFF:   # more than an IPv6 payload length can say (no jumbograms)
                 self._drops[_NAT_R_MALFORMED] += 1
                 return None
             buf = self._scratch

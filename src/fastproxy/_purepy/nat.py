@@ -44,7 +44,7 @@ class EchoNat:
     """Batched source NAT of ICMP echo through a :class:`FlowTable` (raw / Darwin backends).
 
     ``allowed`` lists the destinations clients may reach as ``(network_bytes,
-    prefix_length)`` pairs (4- or 16-byte network addresses; at most 256 per family).
+    prefix_length)`` pairs (4- or 16-byte network addresses, host bits ignored; at most 256 per family).
     The table must not be mutated elsewhere while a call runs (single writer).
     """
 

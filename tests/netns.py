@@ -26,7 +26,22 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Link", "Route", "Topology"]
+__all__ = ["CommandFailed", "Link", "Route", "Topology"]
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A topology command failed; unlike CalledProcessError, the message carries its stderr,
+    which says what went wrong (a missing ``ip``, a taken name, an unknown sysctl...)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {(self.stderr or '').strip() or '(no output)'}"
+
+
+def _root(*command: str) -> None:
+    """Run ``command`` in the root namespace; CommandFailed if it fails."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise CommandFailed(result.returncode, list(command), result.stdout, result.stderr)
 
 
 @dataclass(frozen=True)
@@ -90,9 +105,13 @@ class Topology:
 
     def run(self, node: str, *command: str, check: bool = True, timeout: float = 30.0,
             **kwargs: object) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` inside ``node``'s namespace and return its result (text output)."""
-        return subprocess.run(["ip", "netns", "exec", self.ns(node), *command], check=check, timeout=timeout,
-                              capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+        """Run ``command`` inside ``node``'s namespace and return its result (text output);
+        with ``check``, CommandFailed (its stderr in the message) when it exits non-zero."""
+        result = subprocess.run(["ip", "netns", "exec", self.ns(node), *command], timeout=timeout,
+                                capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+        if check and result.returncode:
+            raise CommandFailed(result.returncode, result.args, result.stdout, result.stderr)
+        return result
 
     def popen(self, node: str, *command: str, **kwargs: object) -> subprocess.Popen[bytes]:
         """Start ``command`` inside ``node``'s namespace."""
@@ -106,7 +125,7 @@ class Topology:
         nodes = list(dict.fromkeys([*self.nodes, *(n for link in self.links for n in (link.a, link.b))]))
         for node in nodes:
             name = f"{self.prefix}-{node}"
-            subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+            _root("ip", "netns", "add", name)
             self.namespaces[node] = name
             self.run(node, "ip", "link", "set", "lo", "up")
             for key in ("all", "default"):
@@ -114,12 +133,10 @@ class Topology:
         for number, link in enumerate(self.links):
             # Create both ends in the root namespace under unique temporary names, then move them.
             temp_a, temp_b = f"{self.prefix}{number}a", f"{self.prefix}{number}b"
-            subprocess.run(["ip", "link", "add", temp_a, "type", "veth", "peer", "name", temp_b], check=True,
-                           capture_output=True)
+            _root("ip", "link", "add", temp_a, "type", "veth", "peer", "name", temp_b)
             for node, temp, addresses in ((link.a, temp_a, link.a_addresses), (link.b, temp_b, link.b_addresses)):
                 interface = link.interface(node)
-                subprocess.run(["ip", "link", "set", temp, "netns", self.ns(node), "name", interface],
-                               check=True, capture_output=True)
+                _root("ip", "link", "set", temp, "netns", self.ns(node), "name", interface)
                 self.run(node, "ip", "link", "set", interface, "mtu", str(link.mtu))
                 for address in addresses:
                     extra = ["nodad"] if ":" in address else []

@@ -44,19 +44,14 @@ def test_selfcheck_reports_failure_with_nonzero_exit() -> None:
     from .conftest import require_root
 
     require_root("drops CAP_NET_RAW and sets net.ipv4.ping_group_range")
-    path = "/proc/sys/net/ipv4/ping_group_range"
-    with open(path) as f:
-        saved = f.read()
     # Root without CAP_NET_RAW (dropped from the bounding set) and outside
     # ping_group_range is a user who may open neither raw nor ping sockets.
-    command = ["setpriv", "--bounding-set=-net_raw", "--", sys.executable, "-m", "fastproxy", "selfcheck"]
-    try:
-        with open(path, "w") as f:
-            f.write("1 0")
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    finally:
-        with open(path, "w") as f:
-            f.write(saved)
+    # ping_group_range is per network namespace: set it in a namespace of the
+    # self-check's own, so the host's setting is never touched (not even briefly).
+    disallow = 'echo "1 0" > /proc/sys/net/ipv4/ping_group_range && exec "$@"'
+    command = ["unshare", "--net", "sh", "-c", disallow, "sh",
+               "setpriv", "--bounding-set=-net_raw", "--", sys.executable, "-m", "fastproxy", "selfcheck"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "FAIL  loopback echo IPv4" in result.stdout
     assert "ping_group_range" in result.stdout

@@ -170,3 +170,22 @@ def test_token_bucket_and_rate_limited_log(caplog) -> None:
         results = [log.warning("flood", t, "full") for t in (0.0, 1.0, 2.0, 11.0)]
     assert results == [True, False, False, True]
     assert "2 similar lines suppressed" in caplog.records[-1].getMessage()
+
+
+def test_engine_closes_the_ipv4_socket_when_the_ipv6_one_fails() -> None:
+    import errno
+
+    from fastproxy.icmp.backends.raw import DatagramIcmpEngine
+
+    opened: list[socket.socket] = []
+
+    class FailingV6(DatagramIcmpEngine):
+        def _open_socket(self, version: int) -> socket.socket:
+            if version == 6:
+                raise OSError(errno.EINVAL, "no IPv6 socket for this test")
+            opened.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            return opened[-1]
+
+    with pytest.raises(OSError, match="no IPv6 socket"):
+        FailingV6()
+    assert len(opened) == 1 and opened[0].fileno() == -1  # closed, not left to the garbage collector

@@ -110,3 +110,11 @@ def test_per_packet_backend_drained_with_one_list_per_batch() -> None:
     assert [len(batch) for batch in calls] == [1, 64, 36]
     assert {IP(bytes(packet))[ICMP].seq for batch in calls[1:] for _conn, packet in batch} == set(range(100))
     assert addr(CLIENT[4]) == bytes(core.parse_packet(calls[1][0][1]).dst)
+
+
+def test_close_without_start_still_closes_the_backend() -> None:
+    backend = WakingBackend()
+    service = IcmpService(IcmpProxy(["203.0.113.0/24"], backend, icmpv4_source=CONNECTOR[4]), lambda batch: None)
+    service.close()  # e.g. the connector gave up before its loop started the service
+    assert backend.reader.fileno() == -1 and backend.writer.fileno() == -1
+    service.close()  # idempotent

@@ -124,6 +124,24 @@ def test_outbound_takes_any_buffer(impl: ModuleType) -> None:
     assert nat.outbound(1, (bytearray(packet), memoryview(packet)), out4, out6, 1.0)[:2] == (2, 0)
 
 
+@pytest.mark.parametrize("network, bits", [("192.0.2.129", 25), ("192.0.2.77", 0), ("2001:db8:2::8", 33)])
+def test_prefix_host_bits_are_ignored(impl: ModuleType, network: str, bits: int) -> None:
+    # (192.0.2.129, 25) allows 192.0.2.128/25, as ipaddress.ip_network(strict=False) reads it.
+    nat = impl.EchoNat(impl.FlowTable(8), [(packed(network), bits)])
+    out4, out6 = impl.PacketBatch(4), impl.PacketBatch(4)
+    inside = [echo_request(CLIENT4, "192.0.2.200", 1), echo_request(CLIENT6, "2001:db8:2::1", 2)]
+    outside = [echo_request(CLIENT4, "192.0.2.100", 3), echo_request(CLIENT6, "2001:db8:3::1", 4)]
+    n4, n6, refused = nat.outbound(1, inside + outside, out4, out6, 1.0)
+    allowed = [p for p in inside + outside
+               if ipaddress.ip_address(parse_dst(p)) in ipaddress.ip_network(f"{network}/{bits}", strict=False)]
+    assert n4 + n6 == len(allowed) > 0
+    assert [reason for _, reason in refused] == ["destination_not_allowed"] * (4 - len(allowed))
+
+
+def parse_dst(packet: bytes) -> str:
+    return str(IP(packet).dst) if packet[0] >> 4 == 4 else str(IPv6(packet).dst)
+
+
 def test_bad_prefixes_rejected(impl: ModuleType) -> None:
     table = impl.FlowTable(8)
     with pytest.raises(ValueError, match="prefix"):
@@ -210,6 +228,17 @@ def test_inbound_truncated_slot_dropped(impl: ModuleType) -> None:
         assert batch.recv(rx) == 1 and batch.truncated(0)
     assert nat.inbound(batch, 4, 1.0) == []
     assert nat.take_drops() == {"reply_truncated": 1}
+
+
+def test_inbound_v6_message_too_long_for_an_ipv6_header_dropped(impl: ModuleType) -> None:
+    # A slot may hold more than an IPv6 payload length can say (slot_size up to 256 KiB).
+    _, nat, _, _ = make(impl)
+    batch = impl.PacketBatch(2, slot_size=70000)
+    for i, size in enumerate((65536, 70000)):
+        batch.set(i, bytes([129]) + bytes(size - 1), address=(TARGET6, 0, 0, 0), ttl=64)
+    batch.count = 2
+    assert nat.inbound(batch, 6, 1.0) == []
+    assert nat.take_drops() == {"reply_malformed": 2}
 
 
 @settings(max_examples=150, deadline=None)

@@ -159,7 +159,11 @@ static inline int fp_bio_init(fp_bio_batch *b, int slots, size_t slot_size) {
         return -EINVAL;
     n = (size_t)slots;
     stride = fp_bio_align16(slot_size);
-    /* Limits above keep every product far below SIZE_MAX on 32-bit hosts too. */
+    /* The slot bytes alone may reach 2^34 (65536 x 256 KiB), past a 32-bit size_t: refuse
+     * what cannot be addressed rather than wrap and allocate too little. With the slot bytes
+     * at most SIZE_MAX / 2, the per-slot arrays below (a few hundred bytes a slot) cannot
+     * wrap the total either. */
+    if ((uint64_t)n * stride > (uint64_t)(SIZE_MAX / 2)) return -ENOMEM;
     off_len = fp_bio_align16(n * stride);
     off_ttl = off_len + fp_bio_align16(n * sizeof(int32_t));
     off_flags = off_ttl + fp_bio_align16(n * sizeof(int32_t));

@@ -13,7 +13,7 @@ from libc.stdlib cimport free, malloc
 
 cdef enum:
     _NAT_MAX_PREFIXES = 256
-    _NAT_SCRATCH = 40 + 65536   # an IPv6 header + the largest ICMPv6 message a raw socket gives
+    _NAT_SCRATCH = 40 + 0xFFFF   # an IPv6 header + the largest ICMPv6 message its payload length allows
 
 # Reasons for client packets the engine does not forward (besides PACKET_MALFORMED_REASONS).
 NAT_REFUSAL_REASONS = (
@@ -54,11 +54,22 @@ cdef inline bint _nat_prefix_match(const uint8_t* addr, const uint8_t* prefix, i
     return True
 
 
+cdef void _nat_clear_host_bits(uint8_t* network, int length, int bits) noexcept nogil:
+    """Zero the bits after the first ``bits``, so _nat_prefix_match compares networks only."""
+    cdef int i
+    for i in range(length):
+        if bits >= 8:
+            bits -= 8
+        else:
+            network[i] &= <uint8_t>(0xFF00 >> bits)
+            bits = 0
+
+
 cdef class EchoNat:
     """Batched source NAT of ICMP echo through a :class:`FlowTable` (raw / Darwin backends).
 
     ``allowed`` lists the destinations clients may reach as ``(network_bytes,
-    prefix_length)`` pairs (4- or 16-byte network addresses; at most 256 per family).
+    prefix_length)`` pairs (4- or 16-byte network addresses, host bits ignored; at most 256 per family).
     Each call holds the table's critical section (free-threaded Python), so it serializes
     with the table's own writers; lock-free lookups still run alongside.
     """
@@ -85,12 +96,14 @@ cdef class EchoNat:
                 if self._n4 == _NAT_MAX_PREFIXES:
                     raise ValueError(f"at most {_NAT_MAX_PREFIXES} IPv4 prefixes")
                 memcpy(self._pfx4[self._n4], <const char*>network, 4)
+                _nat_clear_host_bits(self._pfx4[self._n4], 4, bits)
                 self._pfx4_bits[self._n4] = bits
                 self._n4 += 1
             elif len(network) == 16 and 0 <= bits <= 128:
                 if self._n6 == _NAT_MAX_PREFIXES:
                     raise ValueError(f"at most {_NAT_MAX_PREFIXES} IPv6 prefixes")
                 memcpy(self._pfx6[self._n6], <const char*>network, 16)
+                _nat_clear_host_bits(self._pfx6[self._n6], 16, bits)
                 self._pfx6_bits[self._n6] = bits
                 self._n6 += 1
             else:
@@ -236,7 +249,7 @@ cdef class EchoNat:
         else:
             # A raw ICMPv6 socket gives the message alone (the kernel verified its checksum):
             # put the IPv6 header back; the destination is filled in once the flow is known.
-            if n + 40 > _NAT_SCRATCH:
+            if n > 0xFFFF:   # more than an IPv6 payload length can say (no jumbograms)
                 self._drops[_NAT_R_MALFORMED] += 1
                 return None
             buf = self._scratch

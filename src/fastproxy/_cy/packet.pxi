@@ -46,7 +46,6 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
-import operator
 
 # Reason codes: -(index + 1) into PACKET_MALFORMED_REASONS (same order!).
 cdef enum:
@@ -709,7 +708,7 @@ cdef int _pkt_parse_writable(uint8_t[::1] buf, _pkt_info* info) except -1:
 
 cdef int _pkt_check_range(object value, str name, int bits) except -1:
     """ValueError unless value is an integer in 0 .. 2**bits - 1 (TypeError if not an integer)."""
-    if not 0 <= operator.index(value) < (<uint64_t>1 << bits):
+    if not 0 <= PyNumber_Index(value) < (<uint64_t>1 << bits):
         raise ValueError(f"{name} must be in 0..{(<uint64_t>1 << bits) - 1}, got {value}")
     return 0
 

@@ -44,7 +44,7 @@ class EchoNat:
     """Batched source NAT of ICMP echo through a :class:`FlowTable` (raw / Darwin backends).
 
     ``allowed`` lists the destinations clients may reach as ``(network_bytes,
-    prefix_length)`` pairs (4- or 16-byte network addresses; at most 256 per family).
+    prefix_length)`` pairs (4- or 16-byte network addresses, host bits ignored; at most 256 per family).
     The table must not be mutated elsewhere while a call runs (single writer).
     """
 
@@ -136,6 +136,9 @@ class EchoNat:
             buf = bytearray(data)
         else:
             n = len(data)
+            if n > 0xFFFF:  # more than an IPv6 payload length can say (no jumbograms)
+                self._drops["reply_malformed"] += 1
+                return None
             header = bytes([0x60, 0, 0, 0]) + n.to_bytes(2, "big") + bytes([58, ttl if ttl >= 0 else 64])
             buf = bytearray(header + peer + bytes(16) + bytes(data))
             try:

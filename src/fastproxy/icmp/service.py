@@ -54,9 +54,14 @@ class IcmpService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._fds: list[int] = []
+        self._closed = False
 
     async def __aenter__(self) -> IcmpService:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -65,9 +70,9 @@ class IcmpService:
     def start(self) -> None:
         """Start watching the backend and the expiry timer (call inside the running loop)."""
         self._loop = asyncio.get_running_loop()
-        self._fds = list(self.proxy.backend.filenos())
-        for fd in self._fds:
+        for fd in self.proxy.backend.filenos():
             self._loop.add_reader(fd, self._on_readable, fd)
+            self._fds.append(fd)  # only what was added, for close() to remove
         self._expiry = self._loop.call_later(self._expire_interval, self._on_expiry)
 
     def client_packets(self, conn_id: int, packets: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -98,7 +103,7 @@ class IcmpService:
         self._expiry = self._loop.call_later(self._expire_interval, self._on_expiry)
 
     def close(self) -> None:
-        """Stop watching, close every flow and the backend; idempotent."""
+        """Stop watching, close every flow and the backend (also when never started); idempotent."""
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -107,4 +112,6 @@ class IcmpService:
                 self._loop.remove_reader(fd)
             self._fds = []
             self._loop = None
+        if not self._closed:
+            self._closed = True
             self.proxy.close()

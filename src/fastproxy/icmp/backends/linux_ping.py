@@ -300,9 +300,7 @@ class PingSocketBackend(PerPacketBackend):
         while len(out) < limit:
             try:
                 quoted, ancillary, _flags, _address = state.sock.recvmsg(65535, _ANCILLARY_SIZE, _MSG_ERRQUEUE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # drained (EAGAIN), or the socket is going away: nothing more to read
                 return
             for level, kind, data in ancillary:
                 if (level, kind) not in ((_SOL_IP, _IP_RECVERR), (_SOL_IPV6, _IPV6_RECVERR)):

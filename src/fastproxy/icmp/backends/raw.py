@@ -100,6 +100,9 @@ class DatagramIcmpEngine(BatchedBackend):
                 "(setcap cap_net_raw+ep, or AmbientCapabilities=CAP_NET_RAW in systemd), "
                 "or use the unprivileged ping-socket backend"
             ) from None
+        except BaseException:
+            self.close()  # the IPv4 socket, when the IPv6 one failed
+            raise
         self.batch_size = batch_size
         self._by_fd = {sock.fileno(): (version, sock) for version, sock in self._sockets.items()}
         self._recv = core.PacketBatch(batch_size)

@@ -18,6 +18,8 @@ from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6TimeExceeded, IPv6
 
+from fastproxy.errors import MalformedPacket
+
 from .conftest import IMPLEMENTATIONS, load_impl, require_root
 
 CLIENT4, CLIENT6 = "100.64.0.2", "fd00:64::2"
@@ -307,3 +309,41 @@ def test_raw_socket_round_trip_on_loopback(impl: ModuleType, family: int) -> Non
     assert seen == set(range(16))
     # our own requests (seen by a v4 raw socket on loopback) are counted, never delivered
     assert set(nat.take_drops()) <= {"reply_not_echo_or_error"}
+
+
+def bsd_form(packet: bytes, subtract_header: bool, df_host_order: bool) -> bytes:
+    """The IPv4 header as a BSD/macOS ICMP socket hands it over: ip_len (maybe without the
+    header) and ip_off in little-endian host order, the header checksum left as it was."""
+    header = bytearray(packet)
+    length = len(packet) - (20 if subtract_header else 0)
+    header[2:4] = length.to_bytes(2, "little")
+    if df_host_order:
+        header[6:8] = (0x4000).to_bytes(2, "little")
+    return bytes(header)
+
+
+@pytest.mark.parametrize("subtract_header", [False, True])
+@pytest.mark.parametrize("df", [False, True])
+def test_bsd_ipv4_headers_normalized_for_the_darwin_backend(
+    impl: ModuleType, subtract_header: bool, df: bool
+) -> None:
+    reply = raw(IP(src=TARGET4, dst=CONNECTOR4, ttl=60, id=4321, flags="DF" if df else 0)
+                / ICMP(type=0, id=77, seq=3) / PAYLOAD)
+    ipv6_message = raw(ICMPv6EchoReply(id=1, seq=1))  # not IPv4: left alone
+    batch = received(impl, [(bsd_form(reply, subtract_header, df), (TARGET4, 0), 60), (reply, (TARGET4, 0), 60),
+                            (ipv6_message, None, -1), (b"\x45\x00", None, -1)])
+    with pytest.raises(MalformedPacket):
+        impl.parse_packet(bytes(batch.data(0)))  # what the strict parse makes of it as delivered
+    impl.normalize_bsd_ipv4_headers(batch)
+    assert bytes(batch.data(0)) == reply  # exactly the packet as it was on the wire
+    assert bytes(batch.data(1)) == reply  # a network-form header comes out unchanged
+    assert bytes(batch.data(2)) == ipv6_message and bytes(batch.data(3)) == b"\x45\x00"
+    # and the NAT engine now takes it
+    table, nat, out4, out6 = make(impl)
+    nat.outbound(2, [echo_request(CLIENT4, TARGET4, 0x0101, seq=3)], out4, out6, 1.0)
+    assigned = table.lookup(2, packed(CLIENT4), packed(TARGET4), 0x0101)
+    wire = raw(IP(src=TARGET4, dst=CONNECTOR4, ttl=60, flags="DF") / ICMP(type=0, id=assigned, seq=3) / PAYLOAD)
+    batch = received(impl, [(bsd_form(wire, subtract_header, True), (TARGET4, 0), 60)])
+    impl.normalize_bsd_ipv4_headers(batch)
+    [(conn, packet)] = nat.inbound(batch, 4, 2.0)
+    assert conn == 2 and impl.parse_packet(packet).echo_id == 0x0101

@@ -330,4 +330,7 @@ class EchoNat:
         """Map packets a raw socket received back to (conn_id, client packet) pairs."""
     def take_drops(self) -> dict[str, int]:
         """Reply drops counted since the last call, by reason."""
+
+def normalize_bsd_ipv4_headers(batch: PacketBatch) -> None:
+    """Put back in network form the IPv4 headers a BSD/macOS ICMP socket delivered."""
 # ---- end nat ----

@@ -11,7 +11,8 @@ from __future__ import annotations
 from ._impl import core
 
 EchoNat = core.EchoNat
+normalize_bsd_ipv4_headers = core.normalize_bsd_ipv4_headers
 NAT_REFUSAL_REASONS: tuple[str, ...] = core.NAT_REFUSAL_REASONS
 NAT_REPLY_DROP_REASONS: tuple[str, ...] = core.NAT_REPLY_DROP_REASONS
 
-__all__ = ["NAT_REFUSAL_REASONS", "NAT_REPLY_DROP_REASONS", "EchoNat"]
+__all__ = ["NAT_REFUSAL_REASONS", "NAT_REPLY_DROP_REASONS", "EchoNat", "normalize_bsd_ipv4_headers"]

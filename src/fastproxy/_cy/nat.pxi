@@ -42,6 +42,36 @@ cdef enum:
     _NAT_R_COUNT = 5
 
 
+def normalize_bsd_ipv4_headers(PacketBatch batch not None) -> None:
+    """Put back in network form the IPv4 headers a BSD/macOS ICMP socket delivered.
+
+    Those kernels hand ``ip_len`` and ``ip_off`` over in host byte order (and ``ip_len``
+    possibly without the header), which the strict parse would reject. A socket sees
+    reassembled datagrams, so ``ip_off`` can only be 0 or DF, in either byte order: it is
+    set to DF in network order when it was DF either way; ``ip_len`` is set from the
+    received length; the header checksum (verified by the kernel) is computed again.
+    Slots that are not IPv4 or are too short are left for the parse to refuse. Whole
+    network-form headers come out unchanged.
+    """
+    cdef int i
+    cdef size_t n, hlen
+    cdef uint8_t* p
+    for i in range(batch.bio.count):
+        p = batch.bio.base + <size_t>i * batch.bio.stride
+        n = <size_t>batch.bio.lengths[i]
+        if n < 20 or n > 0xFFFF or (p[0] >> 4) != 4:
+            continue
+        hlen = <size_t>(p[0] & 0x0F) * 4
+        if hlen < 20 or hlen > n:
+            continue
+        fp_store_be16(p + 2, <uint16_t>n)
+        if p[6] == 0x00 and p[7] == 0x40:
+            p[6] = 0x40
+            p[7] = 0x00
+        fp_store_be16(p + 10, 0)
+        fp_store_be16(p + 10, fp_csum_finish(fp_csum_add(p, hlen, 0)))
+
+
 cdef inline bint _nat_prefix_match(const uint8_t* addr, const uint8_t* prefix, int bits) noexcept nogil:
     cdef int whole = bits >> 3
     cdef int rest = bits & 7

@@ -11,7 +11,7 @@ from .checksum import internet_checksum, pseudo_header_sum
 from .flowtable import FlowTable
 from .packet import parse_packet, rewrite_echo, translate_icmp_error
 
-__all__ = ["NAT_REFUSAL_REASONS", "NAT_REPLY_DROP_REASONS", "EchoNat"]
+__all__ = ["NAT_REFUSAL_REASONS", "NAT_REPLY_DROP_REASONS", "EchoNat", "normalize_bsd_ipv4_headers"]
 
 NAT_REFUSAL_REASONS = (
     "not_echo_request",
@@ -38,6 +38,25 @@ def _address_tuple(address: bytes) -> tuple:
     if len(address) == 4:
         return (str(ipaddress.IPv4Address(address)), 0)
     return (str(ipaddress.IPv6Address(address)), 0, 0, 0)
+
+
+def normalize_bsd_ipv4_headers(batch: PacketBatch) -> None:
+    """Put back in network form the IPv4 headers a BSD/macOS ICMP socket delivered
+    (see the compiled core: ip_len from the received length, ip_off DF in network order,
+    header checksum computed again)."""
+    for i in range(batch.count):
+        p = batch.data(i)
+        n = len(p)
+        if n < 20 or n > 0xFFFF or p[0] >> 4 != 4:
+            continue
+        hlen = (p[0] & 0x0F) * 4
+        if hlen < 20 or hlen > n:
+            continue
+        p[2:4] = n.to_bytes(2, "big")
+        if p[6] == 0x00 and p[7] == 0x40:
+            p[6:8] = b"\x40\x00"
+        p[10:12] = b"\0\0"
+        p[10:12] = internet_checksum(p[:hlen]).to_bytes(2, "big")
 
 
 class EchoNat:

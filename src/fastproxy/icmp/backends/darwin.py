@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 
+from fastproxy._impl import core
+
 from .raw import DatagramIcmpEngine, icmp6_type_filter
 
 __all__ = ["DarwinBackend"]
@@ -38,3 +40,11 @@ class DarwinBackend(DatagramIcmpEngine):
                 raise
         sock.setblocking(False)
         return sock
+
+    def receive_batch(self, fd: int) -> tuple[int, core.PacketBatch]:
+        """As the raw engine, with the IPv4 headers macOS delivers (ip_len and ip_off in host
+        order) put back in network form so the strict parse accepts them."""
+        version, batch = super().receive_batch(fd)
+        if version == 4:
+            core.normalize_bsd_ipv4_headers(batch)
+        return version, batch

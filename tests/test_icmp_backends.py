@@ -17,7 +17,7 @@ from fastproxy.icmp.backends import linux_ping
 from fastproxy.icmp.backends._wire import wrap_icmp_message
 from fastproxy.icmp.backends.linux_ping import parse_extended_error
 from fastproxy.icmp.backends.raw import icmp6_type_filter, icmp_type_filter_v4
-from fastproxy.icmp.backends.windows import packet_from_echo_reply
+from fastproxy.icmp.backends.windows import declare_icmp_api, packet_from_echo_reply
 from fastproxy.icmp.ratelimit import RateLimitedLog, TokenBucketLimiter
 from fastproxy.icmp.source import InterfaceAddress, SourceAddressSelector
 
@@ -189,3 +189,18 @@ def test_engine_closes_the_ipv4_socket_when_the_ipv6_one_fails() -> None:
     with pytest.raises(OSError, match="no IPv6 socket"):
         FailingV6()
     assert len(opened) == 1 and opened[0].fileno() == -1  # closed, not left to the garbage collector
+
+
+def test_windows_api_signatures_are_declared_pointer_sized() -> None:
+    """Every HANDLE and pointer parameter is declared, so ctypes does not pass them as 32-bit ints."""
+    import ctypes
+    from types import SimpleNamespace
+
+    names = ("IcmpCreateFile", "Icmp6CreateFile", "IcmpCloseHandle", "IcmpSendEcho2", "Icmp6SendEcho2")
+    lib = declare_icmp_api(SimpleNamespace(**{name: SimpleNamespace() for name in names}))
+    assert lib.IcmpCreateFile.restype is ctypes.c_void_p and lib.Icmp6CreateFile.restype is ctypes.c_void_p
+    assert len(lib.IcmpSendEcho2.argtypes) == 11 and len(lib.Icmp6SendEcho2.argtypes) == 12
+    assert lib.IcmpSendEcho2.argtypes[0] is ctypes.c_void_p and lib.IcmpCloseHandle.argtypes == [ctypes.c_void_p]
+    for name in names:  # each is a signature ctypes can build a real function type from
+        function = getattr(lib, name)
+        ctypes.CFUNCTYPE(function.restype, *function.argtypes)

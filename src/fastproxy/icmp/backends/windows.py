@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from fastproxy._impl import core
 
@@ -110,6 +111,35 @@ class _SockaddrIn6(ctypes.Structure):
                 ("addr", ctypes.c_ubyte * 16), ("scope_id", ctypes.c_ulong)]
 
 
+_INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
+
+
+def declare_icmp_api(lib: Any) -> Any:
+    """Give the iphlpapi functions we call their real C signatures. Without them ctypes
+    passes every integer as a 32-bit C int, which truncates HANDLEs and pointers on 64-bit
+    Windows. Returns ``lib``."""
+    handle, dword, word = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint16
+    options = ctypes.POINTER(_IpOptionInformation)
+    sockaddr6 = ctypes.POINTER(_SockaddrIn6)
+    lib.IcmpCreateFile.argtypes = []
+    lib.IcmpCreateFile.restype = handle
+    lib.Icmp6CreateFile.argtypes = []
+    lib.Icmp6CreateFile.restype = handle
+    lib.IcmpCloseHandle.argtypes = [handle]
+    lib.IcmpCloseHandle.restype = ctypes.c_int
+    # (IcmpHandle, Event, ApcRoutine, ApcContext, DestinationAddress, RequestData, RequestSize,
+    #  RequestOptions, ReplyBuffer, ReplySize, Timeout) -> number of replies
+    lib.IcmpSendEcho2.argtypes = [handle, handle, ctypes.c_void_p, ctypes.c_void_p, dword, ctypes.c_void_p, word,
+                                  options, ctypes.c_void_p, dword, dword]
+    lib.IcmpSendEcho2.restype = dword
+    # (IcmpHandle, Event, ApcRoutine, ApcContext, SourceAddress, DestinationAddress, RequestData,
+    #  RequestSize, RequestOptions, ReplyBuffer, ReplySize, Timeout) -> number of replies
+    lib.Icmp6SendEcho2.argtypes = [handle, handle, ctypes.c_void_p, ctypes.c_void_p, sockaddr6, sockaddr6,
+                                   ctypes.c_void_p, word, options, ctypes.c_void_p, dword, dword]
+    lib.Icmp6SendEcho2.restype = dword
+    return lib
+
+
 class WindowsBackend(PerPacketBackend):
     """ICMP through the Windows ICMP helper API on a bounded pool of worker threads.
 
@@ -122,8 +152,14 @@ class WindowsBackend(PerPacketBackend):
     def __init__(self, *, workers: int = 64, timeout: float = 3.0) -> None:
         if sys.platform != "win32":
             raise BackendUnavailable("the windows ICMP backend runs only on Windows")
-        self._iphlpapi = ctypes.WinDLL("iphlpapi.dll", use_last_error=True)  # type: ignore[attr-defined]
+        self._iphlpapi = declare_icmp_api(ctypes.WinDLL("iphlpapi.dll", use_last_error=True))  # type: ignore[attr-defined]
         self._handles = {4: self._iphlpapi.IcmpCreateFile(), 6: self._iphlpapi.Icmp6CreateFile()}
+        if any(h in (None, _INVALID_HANDLE_VALUE) for h in self._handles.values()):
+            error = ctypes.get_last_error()
+            for h in self._handles.values():
+                if h not in (None, _INVALID_HANDLE_VALUE):
+                    self._iphlpapi.IcmpCloseHandle(h)
+            raise BackendUnavailable(f"IcmpCreateFile / Icmp6CreateFile failed (Windows error {error})")
         self._timeout_ms = int(timeout * 1000)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastproxy-icmp")
         self._results: queue.SimpleQueue[ReceivedPacket] = queue.SimpleQueue()
@@ -162,7 +198,9 @@ class WindowsBackend(PerPacketBackend):
         request = ctypes.create_string_buffer(payload, len(payload))
         api = self._iphlpapi
         if flow.version == 4:
-            count = api.IcmpSendEcho2(self._handles[4], None, None, None, ctypes.c_uint32.from_buffer_copy(flow.dst),
+            # IPAddr: the address bytes as they are in memory (network order), read as a DWORD.
+            count = api.IcmpSendEcho2(self._handles[4], None, None, None,
+                                      ctypes.c_uint32.from_buffer_copy(flow.dst).value,
                                       request, len(payload), ctypes.byref(options), reply, size,
                                       self._timeout_ms)
         else:

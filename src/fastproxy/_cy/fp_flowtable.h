@@ -242,47 +242,45 @@ static inline void fp_ft_entry_key(const fp_ft_entry *e, fp_ft_key *k) {
 
 /* ---- lock-free readers ------------------------------------------------------------ */
 
-/* Step 1 of "Concurrency": a stable, live copy of entry e whose key equals k. */
-static inline int fp_ft_read_fwd(const fp_ft_entry *e, const fp_ft_key *k, uint16_t *assigned) {
-    uint32_t c1 = fp_ft_load_acq(&e->ctrl), c2, conn, ids, s[4], d[4];
-    int i;
-    if ((c1 & (FP_FT_BUSY | FP_FT_LIVE)) != FP_FT_LIVE) return 0;
-    if (((c1 & FP_FT_V6) != 0) != (k->family == 6)) return 0;
-    conn = fp_ft_load_rlx(&e->conn);
-    ids = fp_ft_load_rlx(&e->ids);
-    for (i = 0; i < 4; i++) {
-        s[i] = fp_ft_load_rlx(&e->src[i]);
-        d[i] = fp_ft_load_rlx(&e->dst[i]);
-    }
-    fp_ft_fence_acq();
-    c2 = fp_ft_load_rlx(&e->ctrl);
-    if (c1 != c2) return 0;
-    if (conn != k->conn || (uint16_t)ids != k->echo_id) return 0;
-    if (memcmp(s, k->src, 16) != 0 || memcmp(d, k->dst, 16) != 0) return 0;
-    *assigned = (uint16_t)(ids >> 16);
-    return 1;
-}
+/* Step 1 of "Concurrency", the one seqlock read: a stable copy of entry e, live and of
+ * `family`. 0 when it is not live, is of the other family, or changed while being read. */
+typedef struct { uint32_t conn, ids, src[4], dst[4]; } fp_ft_snapshot;
 
-static inline int fp_ft_read_rev(const fp_ft_entry *e, const uint32_t dst[4], unsigned family,
-                                 uint16_t assigned, fp_ft_flow *out) {
-    uint32_t c1 = fp_ft_load_acq(&e->ctrl), c2, conn, ids, s[4], d[4];
+static inline int fp_ft_read(const fp_ft_entry *e, unsigned family, fp_ft_snapshot *out) {
+    uint32_t c1 = fp_ft_load_acq(&e->ctrl);
     int i;
     if ((c1 & (FP_FT_BUSY | FP_FT_LIVE)) != FP_FT_LIVE) return 0;
     if (((c1 & FP_FT_V6) != 0) != (family == 6)) return 0;
-    conn = fp_ft_load_rlx(&e->conn);
-    ids = fp_ft_load_rlx(&e->ids);
+    out->conn = fp_ft_load_rlx(&e->conn);
+    out->ids = fp_ft_load_rlx(&e->ids);
     for (i = 0; i < 4; i++) {
-        s[i] = fp_ft_load_rlx(&e->src[i]);
-        d[i] = fp_ft_load_rlx(&e->dst[i]);
+        out->src[i] = fp_ft_load_rlx(&e->src[i]);
+        out->dst[i] = fp_ft_load_rlx(&e->dst[i]);
     }
     fp_ft_fence_acq();
-    c2 = fp_ft_load_rlx(&e->ctrl);
-    if (c1 != c2) return 0;
-    if ((uint16_t)(ids >> 16) != assigned || memcmp(d, dst, 16) != 0) return 0;
+    return fp_ft_load_rlx(&e->ctrl) == c1;
+}
+
+/* Entry e holds key k (stable, live copy): its assigned id goes to *assigned. */
+static inline int fp_ft_read_fwd(const fp_ft_entry *e, const fp_ft_key *k, uint16_t *assigned) {
+    fp_ft_snapshot v;
+    if (!fp_ft_read(e, k->family, &v)) return 0;
+    if (v.conn != k->conn || (uint16_t)v.ids != k->echo_id) return 0;
+    if (memcmp(v.src, k->src, 16) != 0 || memcmp(v.dst, k->dst, 16) != 0) return 0;
+    *assigned = (uint16_t)(v.ids >> 16);
+    return 1;
+}
+
+/* Entry e is the flow to dst with this assigned id (stable, live copy): its owner to *out. */
+static inline int fp_ft_read_rev(const fp_ft_entry *e, const uint32_t dst[4], unsigned family,
+                                 uint16_t assigned, fp_ft_flow *out) {
+    fp_ft_snapshot v;
+    if (!fp_ft_read(e, family, &v)) return 0;
+    if ((uint16_t)(v.ids >> 16) != assigned || memcmp(v.dst, dst, 16) != 0) return 0;
     if (out) {
-        out->conn = conn;
-        memcpy(out->src, s, 16);
-        out->echo_id = (uint16_t)ids;
+        out->conn = v.conn;
+        memcpy(out->src, v.src, 16);
+        out->echo_id = (uint16_t)v.ids;
         out->family = (uint8_t)family;
     }
     return 1;

@@ -21,7 +21,7 @@ from fastproxy.datagram import (
     encode_udp_registration,
 )
 from fastproxy.tunnel.control import Announce, Error, Hello, Welcome
-from fastproxy.tunnel.edge import EdgeConfig, EdgeRouter
+from fastproxy.tunnel.router import EdgeConfig, EdgeRouter
 
 CLIENT, A, B = 1, 2, 3
 net = ipaddress.ip_network

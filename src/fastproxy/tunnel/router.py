@@ -1,0 +1,578 @@
+"""The edge's routing core: authentication, address pools, prefixes, policy and routing.
+
+:class:`EdgeRouter` does no I/O (peers are integer connection ids; every call returns
+what to send to whom), as aioquic keeps its protocol core apart from its glue;
+:class:`fastproxy.tunnel.edge.Edge` runs it over QUIC. A module of its own so that
+every front (the native protocol today) shares one router.
+
+Routing (DESIGN sections 1, 2, 4):
+- client ICMP (0x02): the source must be the client's assigned address (anti-spoofing),
+  the destination inside the client's allowed prefixes (policy); the TTL / hop limit is
+  decremented (the edge is a hop), and a packet whose TTL would reach zero is answered
+  with Time Exceeded from the edge's tunnel address (first address of the client pool).
+  The packet goes to a connector serving the longest matching prefix; with several
+  connectors, flows are spread by rendezvous hashing of (client, destination), so when
+  one goes away only its flows move.
+- connector ICMP: routed back to the client that owns the destination address.
+- UDP sessions: the edge keeps (request id -> client, connector, registration); client
+  registrations (0x00) and payloads (0x01) go to the session's connector, connector
+  payloads and responses (0x03) back to the client. When a session's connector goes
+  away, the next client payload re-registers the session on another connector.
+Every drop is counted in ``EdgeRouter.drops`` under a stable reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..datagram import (
+    DATAGRAM_ICMP,
+    RESPONSE_OK,
+    RESPONSE_TOO_MANY_ACTIVE_FLOWS,
+    RegistrationResponse,
+    UdpPayload,
+    UdpRegistration,
+    decode_datagram,
+    encode_icmp,
+    encode_registration_response,
+    encode_udp_registration,
+)
+from ..errors import MalformedDatagram, MalformedPacket
+from ..packet import build_time_exceeded, decrement_ttl
+from .control import (
+    ERROR_AUTHENTICATION_FAILED,
+    ERROR_POLICY,
+    ERROR_PROTOCOL,
+    ROLE_CLIENT,
+    ROLE_CONNECTOR,
+    Announce,
+    Error,
+    Hello,
+    Network,
+    Welcome,
+)
+
+__all__ = ["DEFAULT_CLIENT_POOLS", "EdgeConfig", "EdgeRouter", "Network", "Outbound"]
+
+log = logging.getLogger("fastproxy.edge")
+
+Outbound = dict[int, list[bytes]]
+"""Datagrams to send, by destination connection id."""
+
+DEFAULT_CLIENT_POOLS: tuple[str, ...] = ("100.96.0.0/16", "fd00:fa57::/64")
+
+
+@dataclass
+class EdgeConfig:
+    """What the edge accepts.
+
+    ``client_tokens`` maps each client token to the prefixes that client may reach (None:
+    ``client_allow``, and when that is empty too, every announced route).
+    ``connector_tokens`` are the tokens connectors may present. ``client_pools`` are the
+    CIDRs client addresses come from (one IPv4, one IPv6 at most); the first address of
+    each pool is the edge's own tunnel address. ``max_connections_per_token`` bounds the
+    clients one token may have connected at once (each takes pool addresses; 0: no bound).
+    """
+
+    client_tokens: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
+    connector_tokens: tuple[str, ...] = ()
+    client_pools: tuple[str, ...] = DEFAULT_CLIENT_POOLS
+    client_allow: tuple[Network, ...] = ()
+    max_sessions_per_client: int = 1024
+    max_connections_per_token: int = 64
+    session_idle_slack: float = 30.0
+
+
+def _tokens_match(presented: str, candidates: Iterable[str]) -> str | None:
+    """The candidate equal to ``presented``, compared in constant time against all of them."""
+    presented_digest = hashlib.sha256(presented.encode("utf-8")).digest()
+    found = None
+    for candidate in candidates:
+        # Compare fixed-length digests so neither length nor content leaks through timing,
+        # and go through every candidate whatever matched.
+        if hmac.compare_digest(presented_digest, hashlib.sha256(candidate.encode("utf-8")).digest()):
+            found = candidate
+    return found
+
+
+class _AddressPool:
+    """Hands out host addresses of one CIDR; the first one is the edge's own."""
+
+    def __init__(self, cidr: str) -> None:
+        self.network = ipaddress.ip_network(cidr, strict=True)
+        if self.network.num_addresses < 4:
+            raise ValueError(f"client pool {cidr} is too small")
+        base = int(self.network.network_address)
+        # v4: skip the network address; the edge takes the first host.
+        self._first = base + 1
+        self.edge_address = ipaddress.ip_address(self._first).packed
+        self._next = self._first + 1
+        self._last = int(self.network.broadcast_address) - (1 if self.network.version == 4 else 0)
+        self._free: list[int] = []
+        self._free_set: set[int] = set()
+        self._size = 4 if self.network.version == 4 else 16
+
+    def allocate(self, preferred: bytes | None = None) -> bytes:
+        """A free address: ``preferred`` when it is free, else any."""
+        if preferred is not None:
+            value = int.from_bytes(preferred, "big")
+            if value in self._free_set:
+                self._free.remove(value)
+                self._free_set.discard(value)
+                return preferred
+            if value == self._next and value <= self._last:
+                self._next += 1
+                return preferred
+        if self._free:
+            value = self._free.pop()
+            self._free_set.discard(value)
+        elif self._next <= self._last:
+            value = self._next
+            self._next += 1
+        else:
+            raise OverflowError(f"client pool {self.network} exhausted")
+        return value.to_bytes(self._size, "big")
+
+    def release(self, address: bytes) -> None:
+        value = int.from_bytes(address, "big")
+        self._free.append(value)
+        self._free_set.add(value)
+
+
+class _PrefixTable:
+    """Longest-prefix match over announced prefixes; each prefix maps to connector ids."""
+
+    def __init__(self) -> None:
+        # (version, prefix length) -> {network as int: [connector ids]}
+        self._by_length: dict[tuple[int, int], dict[int, list[int]]] = {}
+        self._lengths: dict[int, list[int]] = {4: [], 6: []}
+
+    def add(self, prefix: Network, conn_id: int) -> None:
+        key = (prefix.version, prefix.prefixlen)
+        table = self._by_length.setdefault(key, {})
+        owners = table.setdefault(int(prefix.network_address), [])
+        if conn_id not in owners:
+            owners.append(conn_id)
+        self._refresh(prefix.version)
+
+    def remove_connector(self, conn_id: int) -> None:
+        for key, table in list(self._by_length.items()):
+            for net, owners in list(table.items()):
+                if conn_id in owners:
+                    owners.remove(conn_id)
+                    if not owners:
+                        del table[net]
+            if not table:
+                del self._by_length[key]
+        self._refresh(4)
+        self._refresh(6)
+
+    def _refresh(self, version: int) -> None:
+        self._lengths[version] = sorted((length for v, length in self._by_length if v == version), reverse=True)
+
+    def lookup(self, address: bytes) -> list[int] | None:
+        version = 4 if len(address) == 4 else 6
+        bits = 32 if version == 4 else 128
+        value = int.from_bytes(address, "big")
+        for length in self._lengths[version]:
+            net = value >> (bits - length) << (bits - length) if length else 0
+            owners = self._by_length[(version, length)].get(net)
+            if owners:
+                return owners
+        return None
+
+    def prefixes(self) -> tuple[Network, ...]:
+        result = []
+        for (version, length), table in self._by_length.items():
+            for net in table:
+                address = ipaddress.IPv4Address(net) if version == 4 else ipaddress.IPv6Address(net)
+                result.append(ipaddress.ip_network((address, length)))
+        return tuple(result)
+
+
+def _in_prefixes(address: bytes, prefixes: tuple[Network, ...]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == p.version and ip in p for p in prefixes)
+
+
+@dataclass
+class _Client:
+    conn_id: int
+    v4: bytes | None
+    v6: bytes | None
+    allowed: tuple[Network, ...] | None  # None: every announced route
+    token_key: bytes = b""
+    sessions: set[bytes] = field(default_factory=set)
+
+
+@dataclass
+class _Session:
+    client: int
+    connector: int | None
+    registration: bytes  # the registration without its bundled payload, for re-registering
+    destination: bytes
+    idle_timeout: float
+    last_seen: float
+
+
+class EdgeRouter:
+    """The edge's routing core (no I/O). Connection ids are chosen by the caller."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.drops: Counter[str] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        self.routed: Counter[str] = Counter()
+        self._pools: dict[int, _AddressPool] = {}
+        for cidr in config.client_pools:
+            pool = _AddressPool(cidr)
+            if pool.network.version in self._pools:
+                raise ValueError("at most one client pool per address family")
+            self._pools[pool.network.version] = pool
+        self._clients: dict[int, _Client] = {}
+        self._client_by_address: dict[bytes, int] = {}
+        self._connectors: dict[int, tuple[Network, ...]] = {}
+        self._routes = _PrefixTable()
+        self._sessions: dict[bytes, _Session] = {}
+        # Last addresses given to each client token (by digest): a client that reconnects
+        # gets them back when they are free, so its flows and sessions carry on.
+        self._last_addresses: dict[bytes, tuple[bytes | None, bytes | None]] = {}
+
+    # -- membership --------------------------------------------------------------
+
+    @property
+    def edge_v4(self) -> bytes | None:
+        """The edge's IPv4 tunnel address (source of its Time Exceeded messages)."""
+        pool = self._pools.get(4)
+        return pool.edge_address if pool else None
+
+    @property
+    def edge_v6(self) -> bytes | None:
+        """The edge's IPv6 tunnel address."""
+        pool = self._pools.get(6)
+        return pool.edge_address if pool else None
+
+    def authenticate(self, conn_id: int, hello: Hello) -> Welcome | Error:
+        """Check a hello. Clients are admitted here (addresses assigned); connectors are
+        admitted by ``announce``. On failure the result is the Error to send before closing."""
+        if hello.role == ROLE_CLIENT:
+            token = _tokens_match(hello.token, self.config.client_tokens) if hello.token else None
+        else:
+            token = _tokens_match(hello.token, self.config.connector_tokens) if hello.token else None
+        if token is None:
+            reason = "missing_token" if not hello.token else "bad_token"
+            self.auth_failures[f"{hello.role}_{reason}"] += 1
+            return Error(ERROR_AUTHENTICATION_FAILED, f"authentication failed: {reason.replace('_', ' ')}")
+        if hello.role == ROLE_CONNECTOR:
+            return Welcome(None, None, ())
+        allowed = self.config.client_tokens[token]
+        if allowed is None and self.config.client_allow:
+            allowed = self.config.client_allow
+        token_key = hashlib.sha256(token.encode("utf-8")).digest()
+        # Each connection takes pool addresses: one token must not be able to use them all up.
+        limit = self.config.max_connections_per_token
+        if limit and sum(1 for c in self._clients.values() if c.token_key == token_key) >= limit:
+            self.auth_failures["token_connection_limit"] += 1
+            return Error(ERROR_POLICY, f"this token already has {limit} connections (the edge's limit); "
+                         "close one, or raise max_connections_per_token on the edge")
+        last_v4, last_v6 = self._last_addresses.get(token_key, (None, None))
+        try:
+            v4 = self._pools[4].allocate(last_v4) if 4 in self._pools else None
+            v6 = self._pools[6].allocate(last_v6) if 6 in self._pools else None
+        except OverflowError as exc:
+            self.auth_failures["pool_exhausted"] += 1
+            return Error(ERROR_PROTOCOL, str(exc))
+        self._last_addresses[token_key] = (v4, v6)
+        client = _Client(conn_id, v4, v6, allowed, token_key)
+        self._clients[conn_id] = client
+        for address in (v4, v6):
+            if address is not None:
+                self._client_by_address[address] = conn_id
+        return Welcome(
+            ipaddress.IPv4Address(v4) if v4 else None,
+            ipaddress.IPv6Address(v6) if v6 else None,
+            allowed if allowed is not None else self._routes.prefixes(),
+        )
+
+    def announce(self, conn_id: int, announce: Announce) -> Welcome:
+        """Register an authenticated connector and the prefixes it serves."""
+        self._connectors[conn_id] = announce.prefixes
+        for prefix in announce.prefixes:
+            self._routes.add(prefix, conn_id)
+        return Welcome(None, None, announce.prefixes)
+
+    def is_client(self, conn_id: int) -> bool:
+        """True if ``conn_id`` is an admitted client."""
+        return conn_id in self._clients
+
+    def is_connector(self, conn_id: int) -> bool:
+        """True if ``conn_id`` is an admitted connector."""
+        return conn_id in self._connectors
+
+    def connectors_for(self, address: bytes) -> list[int]:
+        """Connector ids serving the longest prefix that matches ``address`` (4 or 16 bytes)."""
+        return list(self._routes.lookup(address) or ())
+
+    def connector_ids(self) -> list[int]:
+        """Ids of every admitted connector."""
+        return list(self._connectors)
+
+    @property
+    def client_count(self) -> int:
+        """Admitted clients."""
+        return len(self._clients)
+
+    @property
+    def connector_count(self) -> int:
+        """Admitted connectors."""
+        return len(self._connectors)
+
+    def client_addresses(self, conn_id: int) -> tuple[bytes | None, bytes | None]:
+        """The (IPv4, IPv6) tunnel addresses assigned to a client."""
+        client = self._clients[conn_id]
+        return client.v4, client.v6
+
+    def remove(self, conn_id: int) -> None:
+        """Forget a connection (client or connector) and everything routed through it."""
+        client = self._clients.pop(conn_id, None)
+        if client is not None:
+            for address, version in ((client.v4, 4), (client.v6, 6)):
+                if address is not None:
+                    self._client_by_address.pop(address, None)
+                    self._pools[version].release(address)
+            for request_id in client.sessions:
+                self._sessions.pop(request_id, None)
+        if self._connectors.pop(conn_id, None) is not None:
+            self._routes.remove_connector(conn_id)
+            for session in self._sessions.values():
+                if session.connector == conn_id:
+                    session.connector = None
+
+    # -- routing -----------------------------------------------------------------
+
+    def route(self, conn_id: int, datagrams: list[bytes], now: float | None = None) -> Outbound:
+        """Route a batch of datagrams received from ``conn_id``; returns what to send."""
+        if now is None:
+            now = time.monotonic()
+        out: Outbound = {}
+        if conn_id in self._clients:
+            client = self._clients[conn_id]
+            for data in datagrams:
+                self._from_client(client, data, now, out)
+        elif conn_id in self._connectors:
+            for data in datagrams:
+                self._from_connector(conn_id, data, now, out)
+        else:
+            self.drops["unauthenticated"] += len(datagrams)
+        return out
+
+    def _pick_connector(self, client_id: int, destination: bytes) -> int | None:
+        owners = self._routes.lookup(destination)
+        if not owners:
+            return None
+        if len(owners) == 1:
+            return owners[0]
+        # Rendezvous hashing: stable per (client, destination); losing a connector moves
+        # only the flows it carried.
+        key = client_id.to_bytes(8, "big") + destination
+        return max(owners, key=lambda owner: hashlib.blake2b(key + owner.to_bytes(8, "big"), digest_size=8).digest())
+
+    def _allowed(self, client: _Client, destination: bytes) -> bool:
+        return client.allowed is None or _in_prefixes(destination, client.allowed)
+
+    def _from_client(self, client: _Client, data: bytes, now: float, out: Outbound) -> None:
+        if not data:
+            self.drops["empty_datagram"] += 1
+            return
+        kind = data[0]
+        if kind == DATAGRAM_ICMP:
+            self._client_icmp(client, data, out)
+            return
+        try:
+            message = decode_datagram(data)
+        except MalformedDatagram as exc:
+            self.drops[f"malformed_{exc.reason}"] += 1
+            return
+        if isinstance(message, UdpRegistration):
+            self._client_registration(client, message, now, out)
+        elif isinstance(message, UdpPayload):
+            session = self._sessions.get(message.request_id)
+            if session is None or session.client != client.conn_id:
+                self.drops["unknown_session"] += 1
+                return
+            session.last_seen = now
+            if session.connector is None:
+                connector = self._pick_connector(client.conn_id, session.destination)
+                if connector is None:
+                    self.drops["no_route"] += 1
+                    return
+                session.connector = connector
+                out.setdefault(connector, []).append(session.registration)
+            out.setdefault(session.connector, []).append(data)
+            self.routed["udp_payload_to_connector"] += 1
+        else:
+            self.drops["client_sent_response"] += 1
+
+    def _client_registration(self, client: _Client, message: UdpRegistration, now: float, out: Outbound) -> None:
+        destination = message.dst
+        if not self._allowed(client, destination):
+            self.drops["policy_denied"] += 1
+            return
+        session = self._sessions.get(message.request_id)
+        if session is not None and session.client != client.conn_id:
+            self.drops["request_id_conflict"] += 1
+            return
+        if session is None:
+            if len(client.sessions) >= self.config.max_sessions_per_client:
+                self.drops["client_session_limit"] += 1
+                out.setdefault(client.conn_id, []).append(
+                    encode_registration_response(message.request_id, RESPONSE_TOO_MANY_ACTIVE_FLOWS, "edge session limit")
+                )
+                return
+            connector = self._pick_connector(client.conn_id, destination)
+            if connector is None:
+                self.drops["no_route"] += 1
+                return
+            registration = encode_udp_registration(
+                message.request_id, destination, message.port, message.idle_timeout, traced=message.traced
+            )
+            session = _Session(client.conn_id, connector, registration, destination, float(message.idle_timeout), now)
+            self._sessions[message.request_id] = session
+            client.sessions.add(message.request_id)
+        elif session.connector is None:
+            session.connector = self._pick_connector(client.conn_id, destination)
+            if session.connector is None:
+                self.drops["no_route"] += 1
+                return
+        session.last_seen = now
+        out.setdefault(session.connector, []).append(
+            encode_udp_registration(
+                message.request_id, destination, message.port, message.idle_timeout,
+                traced=message.traced, payload=message.payload,
+            )
+        )
+        self.routed["udp_registration_to_connector"] += 1
+
+    def _client_icmp(self, client: _Client, data: bytes, out: Outbound) -> None:
+        length = len(data) - 1
+        if length < 1:
+            self.drops["icmp_truncated"] += 1
+            return
+        version = data[1] >> 4
+        if version == 4:
+            if length < 20 or (data[1] & 0x0F) < 5:
+                self.drops["icmp_truncated"] += 1
+                return
+            src, dst, own = data[13:17], data[17:21], client.v4
+            edge_address = self.edge_v4
+        elif version == 6:
+            if length < 40:
+                self.drops["icmp_truncated"] += 1
+                return
+            src, dst, own = data[9:25], data[25:41], client.v6
+            edge_address = self.edge_v6
+        else:
+            self.drops["icmp_bad_ip_version"] += 1
+            return
+        if src != own:
+            self.drops["spoofed_source"] += 1
+            return
+        if not self._allowed(client, dst):
+            self.drops["policy_denied"] += 1
+            return
+        packet = bytearray(memoryview(data)[1:])
+        try:
+            ttl = decrement_ttl(packet)
+        except MalformedPacket as exc:
+            self.drops[f"icmp_{exc.reason}"] += 1
+            return
+        if ttl == 0:  # the packet is left as received, to be quoted
+            self._time_exceeded(client, packet, edge_address, out)
+            return
+        connector = self._pick_connector(client.conn_id, dst)
+        if connector is None:
+            self.drops["no_route"] += 1
+            return
+        out.setdefault(connector, []).append(encode_icmp(packet))
+        self.routed["icmp_to_connector"] += 1
+
+    def _time_exceeded(self, client: _Client, packet: bytearray, edge_address: bytes | None, out: Outbound) -> None:
+        if edge_address is None:
+            self.drops["ttl_exceeded_no_edge_address"] += 1
+            return
+        try:
+            answer = build_time_exceeded(edge_address, packet)
+        except MalformedPacket as exc:
+            self.drops[f"icmp_{exc.reason}"] += 1
+            return
+        out.setdefault(client.conn_id, []).append(encode_icmp(answer))
+        self.routed["icmp_time_exceeded"] += 1
+
+    def _from_connector(self, conn_id: int, data: bytes, now: float, out: Outbound) -> None:
+        if not data:
+            self.drops["empty_datagram"] += 1
+            return
+        if data[0] == DATAGRAM_ICMP:
+            length = len(data) - 1
+            version = data[1] >> 4 if length >= 1 else 0
+            if version == 4 and length >= 20:
+                dst = data[17:21]
+            elif version == 6 and length >= 40:
+                dst = data[25:41]
+            else:
+                self.drops["icmp_truncated" if version in (4, 6) or length < 1 else "icmp_bad_ip_version"] += 1
+                return
+            client_id = self._client_by_address.get(dst)
+            if client_id is None:
+                self.drops["unknown_client_address"] += 1
+                return
+            out.setdefault(client_id, []).append(data)
+            self.routed["icmp_to_client"] += 1
+            return
+        try:
+            message = decode_datagram(data)
+        except MalformedDatagram as exc:
+            self.drops[f"malformed_{exc.reason}"] += 1
+            return
+        if isinstance(message, (UdpPayload, RegistrationResponse)):
+            session = self._sessions.get(message.request_id)
+            if session is None or session.connector != conn_id:
+                self.drops["unknown_session"] += 1
+                return
+            session.last_seen = now
+            out.setdefault(session.client, []).append(data)
+            if isinstance(message, RegistrationResponse) and message.code != RESPONSE_OK:
+                self._end_session(message.request_id)
+            self.routed["udp_to_client"] += 1
+        else:
+            self.drops["connector_sent_registration"] += 1
+
+    def _end_session(self, request_id: bytes) -> None:
+        session = self._sessions.pop(request_id, None)
+        if session is not None:
+            client = self._clients.get(session.client)
+            if client is not None:
+                client.sessions.discard(request_id)
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget sessions idle longer than their idle timeout plus some slack; returns
+        how many ended."""
+        if now is None:
+            now = time.monotonic()
+        slack = self.config.session_idle_slack
+        stale = [rid for rid, s in self._sessions.items() if now - s.last_seen > s.idle_timeout + slack]
+        for request_id in stale:
+            self._end_session(request_id)
+        return len(stale)
+
+    @property
+    def session_count(self) -> int:
+        """UDP sessions the edge tracks."""
+        return len(self._sessions)

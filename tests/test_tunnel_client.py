@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 import fastproxy
-from fastproxy.datagram import RESPONSE_TOO_MANY_ACTIVE_FLOWS
+from fastproxy.datagram import RESPONSE_DESTINATION_UNREACHABLE, RESPONSE_TOO_MANY_ACTIVE_FLOWS
 from fastproxy.packet import build_echo, parse_packet
 from tests.test_tunnel_e2e import _EchoResponder
 from tests.tunnel_support import CLIENT_TOKEN, CONNECTOR_TOKEN, certificate, networks, run, udp_echo_server, wait_for
@@ -114,3 +114,28 @@ def test_backoff_grows_with_full_jitter_and_restarts_only_after_a_stable_connect
     assert backoff.next_delay() <= 0.5
     with pytest.raises(ValueError):
         dial.Backoff(0, 1)
+
+
+@pytest.mark.parametrize(("destination", "says"), [
+    ("10.9.0.1", "no connector serves 10.9.0.1"),
+    ("192.0.2.1", "192.0.2.1 is outside what this client may reach"),
+])
+def test_open_udp_to_an_unroutable_destination_raises_why_at_once(destination: str, says: str) -> None:
+    """The edge refuses at once (0x01): a specific error naming the destination and the
+    cause, long before the 5 s registration timeout."""
+    async def body() -> None:
+        async with _edge(client_tokens={CLIENT_TOKEN: networks("10.0.0.0/8")}) as edge, fastproxy.Connector(
+            "127.0.0.1", edge.port, token=CONNECTOR_TOKEN, routes=networks("10.1.0.0/16"),
+            trust=fastproxy.Trust(pin=edge.fingerprint),
+        ) as connector:
+            await asyncio.wait_for(connector.connected.wait(), 5)
+            async with fastproxy.Client(f"127.0.0.1:{edge.port}", CLIENT_TOKEN, edge.fingerprint) as client:
+                # Without the edge's answer this would be UdpSessionTimeout after 5 s.
+                with pytest.raises(fastproxy.UdpDestinationUnreachable) as refused:
+                    await client.open_udp(destination, 53, timeout=5.0)
+                assert refused.value.code == RESPONSE_DESTINATION_UNREACHABLE
+                assert f"UDP session to {destination}:53 refused: destination unreachable" in str(refused.value)
+                assert says in str(refused.value)
+                assert client.udp_sessions == []
+
+    run(body, timeout=30)

@@ -6,8 +6,9 @@ import ipaddress
 import os
 
 import pytest
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.compat import raw
+from scapy.layers.inet import ICMP, IP, IPerror, UDP
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6TimeExceeded, IPv6
 
 from fastproxy.datagram import (
     RESPONSE_DESTINATION_UNREACHABLE,
@@ -137,7 +138,8 @@ def test_client_policy_and_anti_spoofing_are_counted() -> None:
             echo6("fd00:fa57::99", "2001:db8::1"),  # spoofed source
         ],
     )
-    assert out == {}
+    # Spoofed packets get no answer; the refused registration and echo do (see below).
+    assert list(out) == [CLIENT] and len(out[CLIENT]) == 2
     assert router.drops == {"policy_denied": 2, "spoofed_source": 2}
 
 
@@ -206,3 +208,111 @@ def test_ttl_one_is_answered_with_time_exceeded_from_the_edge(family: int) -> No
     assert answer.icmp_type == (11 if family == 4 else 3)
     forwarded = packet_api.parse_packet(out[A][0][1:])
     assert forwarded.ttl == 4
+
+
+# -- answers instead of silence: Destination Unreachable and refused registrations -----------
+
+
+def unreachable_oracle(edge: str, client: str, quoted: bytes, code: int) -> bytes:
+    """What a router sends (scapy builds it, checksums and all): Destination Unreachable from
+    the edge to the client, quoting the packet as RFC 792 (v4: up to 576 bytes in all) and
+    RFC 4443 (v6: up to 1280) say."""
+    if ":" not in edge:
+        return raw(IP(src=edge, dst=client, id=0, flags="DF", ttl=64) / ICMP(type=3, code=code) / quoted[:576 - 28])
+    return raw(IPv6(src=edge, dst=client, hlim=64) / ICMPv6DestUnreach(code=code) / quoted[:1280 - 48])
+
+
+@pytest.mark.parametrize(("family", "reason", "code"), [
+    (4, "no_route", 0), (4, "policy_denied", 13), (6, "no_route", 0), (6, "policy_denied", 1),
+])
+@pytest.mark.parametrize("size", [4, 1200])
+def test_unserved_or_forbidden_destination_is_answered_with_destination_unreachable(
+        family: int, reason: str, code: int, size: int) -> None:
+    router = make_router(client_tokens={"c": (net("10.0.0.0/8"), net("2001:db8::/32"))})
+    welcome = admit(router)
+    connector(router, A, "10.1.0.0/16", "2001:db8:1::/48")
+    # no_route: inside the policy, outside what the connector serves; policy_denied: outside the policy.
+    dst = {(4, "no_route"): "10.2.0.1", (4, "policy_denied"): "192.0.2.1",
+           (6, "no_route"): "2001:db8:2::1", (6, "policy_denied"): "2001:db9::1"}[family, reason]
+    me = str(welcome.client_v4 if family == 4 else welcome.client_v6)
+    edge = "100.96.0.1" if family == 4 else "fd00:fa57::1"
+    payload = bytes(i % 251 for i in range(size))
+    if family == 4:
+        sent = bytes(IP(src=me, dst=dst, ttl=1) / ICMP(type=8, id=7, seq=1) / payload)
+    else:
+        sent = bytes(IPv6(src=me, dst=dst, hlim=1) / ICMPv6EchoRequest(id=7, seq=1) / payload)
+    out = router.route(CLIENT, [encode_icmp(sent)], now=0.0)
+    assert list(out) == [CLIENT]  # nothing went to the connector
+    answer = out[CLIENT][0]
+    assert answer[0] == 0x02
+    # The same bytes as scapy's, so type, code, quoted packet (as sent: TTL 1 untouched,
+    # no route wins over TTL exceeded, as in a router) and both checksums are right.
+    assert answer[1:] == unreachable_oracle(edge, me, sent, code)
+    parsed = (IP if family == 4 else IPv6)(answer[1:])
+    if family == 4:
+        assert (parsed[ICMP].type, parsed[ICMP].code) == (3, code)
+        assert parsed[IPerror].dst == dst
+    else:
+        assert (parsed[ICMPv6DestUnreach].type, parsed[ICMPv6DestUnreach].code) == (1, code)
+    assert router.drops == {reason: 1}
+    assert router.routed[f"icmp_unreachable_{reason}"] == 1
+
+
+def test_unreachable_answers_are_rate_limited_per_client() -> None:
+    router = make_router(client_tokens={"c": None, "d": None}, unreachable_rate=2.0, unreachable_burst=3.0)
+    first = admit(router, 10)
+    second = router.authenticate(11, Hello("client", "d"))
+    assert isinstance(second, Welcome)
+    connector(router, A, "10.1.0.0/16")
+    flood = [echo4(str(first.client_v4), "10.9.0.1") for _ in range(10)]
+    out = router.route(10, flood, now=100.0)
+    assert len(out[10]) == 3  # the burst
+    assert router.drops == {"no_route": 10, "unreachable_rate_limited": 7}
+    # Another client has a bucket of its own.
+    assert len(router.route(11, [echo4(str(second.client_v4), "10.9.0.1")], now=100.0)[11]) == 1
+    # The bucket refills at the rate: one second later, two more answers.
+    assert len(router.route(10, flood, now=101.0)[10]) == 2
+
+
+def test_no_error_about_an_icmp_error_or_a_later_fragment() -> None:
+    router = make_router()
+    welcome = admit(router)
+    connector(router, A, "10.1.0.0/16")
+    me, me6 = str(welcome.client_v4), str(welcome.client_v6)
+    error4 = bytes(IP(src=me, dst="10.9.0.1") / ICMP(type=3, code=3) / IPerror(src="10.9.0.1", dst=me) / UDP())
+    fragment = bytes(IP(src=me, dst="10.9.0.1", frag=100, proto=1) / (b"x" * 64))
+    error6 = bytes(IPv6(src=me6, dst="2001:db8::1") / ICMPv6TimeExceeded() / (b"q" * 48))
+    out = router.route(CLIENT, [encode_icmp(p) for p in (error4, fragment, error6)], now=0.0)
+    assert out == {}
+    assert router.drops == {"no_route": 3}
+
+
+@pytest.mark.parametrize(("dst", "reason", "text"), [
+    ("10.2.0.1", "no_route", "no connector serves 10.2.0.1"),
+    ("192.0.2.1", "policy_denied", "192.0.2.1 is outside what this client may reach"),
+])
+def test_unroutable_registration_is_refused_at_once(dst: str, reason: str, text: str) -> None:
+    router = make_router(client_tokens={"c": (net("10.0.0.0/8"),)})
+    admit(router)
+    connector(router, A, "10.1.0.0/16")
+    rid = os.urandom(16)
+    out = router.route(CLIENT, [registration(dst, rid, payload=b"query")])
+    assert list(out) == [CLIENT]
+    answer = decode_datagram(out[CLIENT][0])
+    assert isinstance(answer, RegistrationResponse)
+    assert (answer.request_id, answer.code) == (rid, RESPONSE_DESTINATION_UNREACHABLE)
+    assert text in answer.message
+    assert router.drops == {reason: 1} and router.session_count == 0
+
+
+def test_payload_of_a_session_whose_route_went_away_is_refused_and_ends_it() -> None:
+    router = make_router()
+    admit(router)
+    connector(router, A, "10.1.0.0/16")
+    rid = os.urandom(16)
+    router.route(CLIENT, [registration("10.1.0.1", rid)])
+    router.remove(A)
+    out = router.route(CLIENT, [encode_udp_payload(rid, b"x")])
+    answer = decode_datagram(out[CLIENT][0])
+    assert isinstance(answer, RegistrationResponse) and answer.code == RESPONSE_DESTINATION_UNREACHABLE
+    assert router.session_count == 0

@@ -18,6 +18,8 @@ _TUNNEL_CLASSES = {
     "UdpSession": "fastproxy.tunnel.client",
     "UdpSessionClosed": "fastproxy.tunnel.client",
     "UdpSessionRefused": "fastproxy.tunnel.client",
+    "UdpDestinationUnreachable": "fastproxy.tunnel.client",
+    "UdpSessionTimeout": "fastproxy.tunnel.client",
 }
 
 
@@ -42,6 +44,8 @@ __all__ = [
     "UdpSession",
     "UdpSessionClosed",
     "UdpSessionRefused",
+    "UdpDestinationUnreachable",
+    "UdpSessionTimeout",
     "EchoIdExhausted",
     "FastproxyError",
     "FlowTableFull",

@@ -15,12 +15,23 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "add_logging_arguments", "configure_logging"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "add_logging_arguments", "configure_logging", "format_address"]
 
 LOG_FORMATS = ("human", "json")
 
 # Attributes every LogRecord has; anything else came from ``extra=`` and is logged too.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+def format_address(address: Any) -> str:
+    """A socket address as people write it: ``127.0.0.1:49026``, ``[::1]:49026`` (an IPv4-mapped
+    IPv6 address as its IPv4 form); anything that is not a (host, port, ...) tuple as ``str``."""
+    if not isinstance(address, (tuple, list)) or len(address) < 2:
+        return str(address)
+    host, port = str(address[0]), address[1]
+    if host.startswith("::ffff:") and "." in host:  # a dual-stack socket's view of an IPv4 peer
+        host = host[7:]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class JsonFormatter(logging.Formatter):

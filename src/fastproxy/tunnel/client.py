@@ -31,7 +31,11 @@ from typing import Union
 
 from ..datagram import (
     DATAGRAM_ICMP,
+    RESPONSE_DESTINATION_UNREACHABLE,
+    RESPONSE_ERROR,
     RESPONSE_OK,
+    RESPONSE_TOO_MANY_ACTIVE_FLOWS,
+    RESPONSE_UNABLE_TO_BIND_SOCKET,
     RegistrationResponse,
     UdpPayload,
     decode_datagram,
@@ -45,21 +49,50 @@ from .control import ROLE_CLIENT, Network
 from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
-__all__ = ["Client", "UdpSession", "UdpSessionClosed", "UdpSessionRefused"]
+__all__ = [
+    "Client", "UdpDestinationUnreachable", "UdpSession", "UdpSessionClosed", "UdpSessionRefused", "UdpSessionTimeout",
+]
 
 log = logging.getLogger("fastproxy.client")
 
 Address = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
+_RESPONSE_NAMES = {
+    RESPONSE_DESTINATION_UNREACHABLE: "destination unreachable",
+    RESPONSE_UNABLE_TO_BIND_SOCKET: "the connector could not bind a socket",
+    RESPONSE_TOO_MANY_ACTIVE_FLOWS: "too many active flows",
+    RESPONSE_ERROR: "error",
+}
+
+
 class UdpSessionRefused(FastproxyError, ConnectionError):
     """The connector (or the edge) refused a UDP session registration: ``code`` is the
-    RESPONSE_* value, ``message`` its text."""
+    RESPONSE_* value, ``message`` its text, ``destination`` what was asked for ("HOST:PORT")."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, destination: str = "") -> None:
         self.code = code
         self.message = message
-        super().__init__(f"UDP session refused (code {code}): {message}")
+        self.destination = destination
+        what = _RESPONSE_NAMES.get(code, f"code {code}")
+        to = f" to {destination}" if destination else ""
+        super().__init__(f"UDP session{to} refused: {what}" + (f" ({message})" if message else ""))
+
+    @classmethod
+    def from_response(cls, code: int, message: str, destination: str = "") -> UdpSessionRefused:
+        """The most specific class for ``code`` (UdpDestinationUnreachable for 0x01)."""
+        kind = UdpDestinationUnreachable if code == RESPONSE_DESTINATION_UNREACHABLE else cls
+        return kind(code, message, destination)
+
+
+class UdpDestinationUnreachable(UdpSessionRefused):
+    """Refused with 0x01: no connector serves the destination, or the client's policy does
+    not allow it (the edge's answer says which), or the connector cannot reach it."""
+
+
+class UdpSessionTimeout(FastproxyError, asyncio.TimeoutError):
+    """No answer to a UDP session registration in time (the edge or connector is
+    overloaded, or the connection was lost meanwhile)."""
 
 
 class UdpSessionClosed(FastproxyError, EOFError):
@@ -150,8 +183,15 @@ class UdpSession:
     def _response(self, response: RegistrationResponse) -> None:
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(response)
-        elif response.code != RESPONSE_OK:  # a re-registration after a reconnect was refused
-            self._end(UdpSessionRefused(response.code, response.message))
+        elif response.code != RESPONSE_OK:  # a re-registration (or a later payload) was refused
+            self._end(UdpSessionRefused.from_response(response.code, response.message, self.target))
+
+    @property
+    def target(self) -> str:
+        """The destination as ``HOST:PORT`` (``[V6]:PORT``)."""
+        from ..logs import format_address
+
+        return format_address((str(self.destination), self.port))
 
 
 def _parse_edge(edge: str | tuple[str, int]) -> tuple[str, int]:
@@ -272,22 +312,28 @@ class Client:
         payload: bytes | None = None, timeout: float = 5.0,
     ) -> UdpSession:
         """Register a UDP session to ``destination``:``port`` and wait for the answer.
-        ``payload`` is bundled with the registration. Raises UdpSessionRefused if refused,
-        TimeoutError if unanswered (no route at the edge is not answered)."""
+        ``payload`` is bundled with the registration. Raises UdpDestinationUnreachable when
+        no connector serves the destination or the policy forbids it (the edge answers at
+        once), UdpSessionRefused for other refusals, UdpSessionTimeout if unanswered."""
         address = ipaddress.ip_address(destination)
         session = UdpSession(self, address, port, idle_timeout, self.queue_limit)
         session._answer = asyncio.get_running_loop().create_future()
         self._sessions[session.request_id] = session
         try:
             self._send([session.registration(payload)])
-            response = await asyncio.wait_for(session._answer, timeout)
+            try:
+                response = await asyncio.wait_for(session._answer, timeout)
+            except asyncio.TimeoutError:
+                raise UdpSessionTimeout(
+                    f"no answer to the UDP session registration to {session.target} within {timeout:g} s") from None
         except BaseException:
             session._end(UdpSessionClosed("registration failed"))
             raise
         session._answer = None
         if response.code != RESPONSE_OK:
-            session._end(UdpSessionRefused(response.code, response.message))
-            raise UdpSessionRefused(response.code, response.message)
+            refused = UdpSessionRefused.from_response(response.code, response.message, session.target)
+            session._end(refused)
+            raise refused
         self.stats["udp_sessions_opened"] += 1
         return session
 

@@ -10,6 +10,12 @@ Routing (DESIGN sections 1, 2, 4):
   the destination inside the client's allowed prefixes (policy); the TTL / hop limit is
   decremented (the edge is a hop), and a packet whose TTL would reach zero is answered
   with Time Exceeded from the edge's tunnel address (first address of the client pool).
+  A destination outside the policy, or that no connector serves, is answered as a router
+  answers (RFC 792 / RFC 4443, RFC 1812 5.2.7.1): Destination Unreachable from the edge's
+  tunnel address, communication administratively prohibited (v4 code 13, v6 code 1) or
+  net unreachable / no route (code 0), quoting the packet, at most
+  ``unreachable_rate`` a second per client (token bucket), never about an ICMP error or
+  a non-first fragment (RFC 1122 3.2.2), so ``ping`` and ``traceroute`` say so at once.
   The packet goes to a connector serving the longest matching prefix; with several
   connectors, flows are spread by rendezvous hashing of (client, destination), so when
   one goes away only its flows move.
@@ -17,7 +23,9 @@ Routing (DESIGN sections 1, 2, 4):
 - UDP sessions: the edge keeps (request id -> client, connector, registration); client
   registrations (0x00) and payloads (0x01) go to the session's connector, connector
   payloads and responses (0x03) back to the client. When a session's connector goes
-  away, the next client payload re-registers the session on another connector.
+  away, the next client payload re-registers the session on another connector. A
+  registration outside the policy or with no route is refused at once with a
+  registration response 0x01 (destination unreachable) saying why.
 Every drop is counted in ``EdgeRouter.drops`` under a stable reason.
 """
 
@@ -34,6 +42,7 @@ from dataclasses import dataclass, field
 
 from ..datagram import (
     DATAGRAM_ICMP,
+    RESPONSE_DESTINATION_UNREACHABLE,
     RESPONSE_OK,
     RESPONSE_TOO_MANY_ACTIVE_FLOWS,
     RegistrationResponse,
@@ -45,7 +54,8 @@ from ..datagram import (
     encode_udp_registration,
 )
 from ..errors import MalformedDatagram, MalformedPacket
-from ..packet import build_time_exceeded, decrement_ttl
+from ..icmp.ratelimit import TokenBucketLimiter
+from ..packet import build_destination_unreachable, build_time_exceeded, decrement_ttl
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
     ERROR_POLICY,
@@ -59,7 +69,7 @@ from .control import (
     Welcome,
 )
 
-__all__ = ["DEFAULT_CLIENT_POOLS", "EdgeConfig", "EdgeRouter", "Network", "Outbound"]
+__all__ = ["DEFAULT_CLIENT_POOLS", "EdgeConfig", "EdgeRouter", "Network", "Outbound", "UNREACHABLE_CODES"]
 
 log = logging.getLogger("fastproxy.edge")
 
@@ -67,6 +77,21 @@ Outbound = dict[int, list[bytes]]
 """Datagrams to send, by destination connection id."""
 
 DEFAULT_CLIENT_POOLS: tuple[str, ...] = ("100.96.0.0/16", "fd00:fa57::/64")
+
+UNREACHABLE_CODES: dict[tuple[str, int], int] = {
+    ("no_route", 4): 0,  # net unreachable: ping says "Destination Net Unreachable", traceroute !N
+    ("no_route", 6): 0,  # no route to destination
+    ("policy_denied", 4): 13,  # communication administratively prohibited: traceroute !X
+    ("policy_denied", 6): 1,  # administratively prohibited
+}
+"""Destination Unreachable code the edge answers with, by (drop reason, IP version)."""
+
+_UNREACHABLE_MESSAGES = {
+    "no_route": "no connector serves {destination}",
+    "policy_denied": "{destination} is outside what this client may reach (the edge's policy)",
+}
+# ICMP types that are errors, about which no error is sent (RFC 1122 3.2.2, RFC 4443 2.4).
+_ICMP4_ERRORS = frozenset((3, 4, 5, 11, 12))
 
 
 @dataclass
@@ -88,6 +113,11 @@ class EdgeConfig:
     max_sessions_per_client: int = 1024
     max_connections_per_token: int = 64
     session_idle_slack: float = 30.0
+    # Destination Unreachable answers per client: a token bucket of this rate (per second)
+    # and burst, like a router's ICMP rate limit (Linux: icmp_ratelimit); enough for ping
+    # and a parallel traceroute, too few to make the edge an amplifier.
+    unreachable_rate: float = 10.0
+    unreachable_burst: float = 50.0
 
 
 def _tokens_match(presented: str, candidates: Iterable[str]) -> str | None:
@@ -197,6 +227,18 @@ class _PrefixTable:
         return tuple(result)
 
 
+def _may_answer(data: bytes, version: int) -> bool:
+    """False for packets no ICMP error may be sent about (RFC 1122 3.2.2, RFC 4443 2.4(e)):
+    ICMP errors and non-first IPv4 fragments. ``data`` is the ICMP datagram (type byte first)."""
+    if version == 4:
+        if int.from_bytes(data[7:9], "big") & 0x1FFF:  # fragment offset: not the first fragment
+            return False
+        ihl = (data[1] & 0x0F) * 4
+        return not (data[10] == 1 and len(data) > 1 + ihl and data[1 + ihl] in _ICMP4_ERRORS)
+    # IPv6: types below 128 are errors.
+    return not (data[7] == 58 and len(data) > 41 and data[41] < 128)
+
+
 def _in_prefixes(address: bytes, prefixes: tuple[Network, ...]) -> bool:
     ip = ipaddress.ip_address(address)
     return any(ip.version == p.version and ip in p for p in prefixes)
@@ -241,6 +283,7 @@ class EdgeRouter:
         self._connectors: dict[int, tuple[Network, ...]] = {}
         self._routes = _PrefixTable()
         self._sessions: dict[bytes, _Session] = {}
+        self._unreachable_limiter = TokenBucketLimiter(config.unreachable_rate, config.unreachable_burst)
         # Last addresses given to each client token (by digest): a client that reconnects
         # gets them back when they are free, so its flows and sessions carry on.
         self._last_addresses: dict[bytes, tuple[bytes | None, bytes | None]] = {}
@@ -343,6 +386,7 @@ class EdgeRouter:
         """Forget a connection (client or connector) and everything routed through it."""
         client = self._clients.pop(conn_id, None)
         if client is not None:
+            self._unreachable_limiter.forget(conn_id)
             for address, version in ((client.v4, 4), (client.v6, 6)):
                 if address is not None:
                     self._client_by_address.pop(address, None)
@@ -393,7 +437,7 @@ class EdgeRouter:
             return
         kind = data[0]
         if kind == DATAGRAM_ICMP:
-            self._client_icmp(client, data, out)
+            self._client_icmp(client, data, now, out)
             return
         try:
             message = decode_datagram(data)
@@ -411,7 +455,11 @@ class EdgeRouter:
             if session.connector is None:
                 connector = self._pick_connector(client.conn_id, session.destination)
                 if connector is None:
+                    # Its connector went away and none serves the destination now: end the
+                    # session and say so, so the client stops sending into nothing.
                     self.drops["no_route"] += 1
+                    self._refuse_registration(client, message.request_id, "no_route", session.destination, out)
+                    self._end_session(message.request_id)
                     return
                 session.connector = connector
                 out.setdefault(connector, []).append(session.registration)
@@ -424,6 +472,7 @@ class EdgeRouter:
         destination = message.dst
         if not self._allowed(client, destination):
             self.drops["policy_denied"] += 1
+            self._refuse_registration(client, message.request_id, "policy_denied", destination, out)
             return
         session = self._sessions.get(message.request_id)
         if session is not None and session.client != client.conn_id:
@@ -439,6 +488,7 @@ class EdgeRouter:
             connector = self._pick_connector(client.conn_id, destination)
             if connector is None:
                 self.drops["no_route"] += 1
+                self._refuse_registration(client, message.request_id, "no_route", destination, out)
                 return
             registration = encode_udp_registration(
                 message.request_id, destination, message.port, message.idle_timeout, traced=message.traced
@@ -450,6 +500,8 @@ class EdgeRouter:
             session.connector = self._pick_connector(client.conn_id, destination)
             if session.connector is None:
                 self.drops["no_route"] += 1
+                self._refuse_registration(client, message.request_id, "no_route", destination, out)
+                self._end_session(message.request_id)
                 return
         session.last_seen = now
         out.setdefault(session.connector, []).append(
@@ -460,7 +512,15 @@ class EdgeRouter:
         )
         self.routed["udp_registration_to_connector"] += 1
 
-    def _client_icmp(self, client: _Client, data: bytes, out: Outbound) -> None:
+    def _refuse_registration(self, client: _Client, request_id: bytes, reason: str, destination: bytes,
+                             out: Outbound) -> None:
+        """Answer a registration the edge cannot route with 0x01 (destination unreachable)."""
+        message = _UNREACHABLE_MESSAGES[reason].format(destination=ipaddress.ip_address(destination))
+        out.setdefault(client.conn_id, []).append(
+            encode_registration_response(request_id, RESPONSE_DESTINATION_UNREACHABLE, message))
+        self.routed[f"udp_refused_{reason}"] += 1
+
+    def _client_icmp(self, client: _Client, data: bytes, now: float, out: Outbound) -> None:
         length = len(data) - 1
         if length < 1:
             self.drops["icmp_truncated"] += 1
@@ -486,6 +546,14 @@ class EdgeRouter:
             return
         if not self._allowed(client, dst):
             self.drops["policy_denied"] += 1
+            self._unreachable(client, data, "policy_denied", version, edge_address, now, out)
+            return
+        # The route is looked up before the TTL is touched, as a router does (no route wins
+        # over TTL 1), so the quoted packet is the one the client sent.
+        connector = self._pick_connector(client.conn_id, dst)
+        if connector is None:
+            self.drops["no_route"] += 1
+            self._unreachable(client, data, "no_route", version, edge_address, now, out)
             return
         packet = bytearray(memoryview(data)[1:])
         try:
@@ -496,12 +564,25 @@ class EdgeRouter:
         if ttl == 0:  # the packet is left as received, to be quoted
             self._time_exceeded(client, packet, edge_address, out)
             return
-        connector = self._pick_connector(client.conn_id, dst)
-        if connector is None:
-            self.drops["no_route"] += 1
-            return
         out.setdefault(connector, []).append(encode_icmp(packet))
         self.routed["icmp_to_connector"] += 1
+
+    def _unreachable(self, client: _Client, data: bytes, reason: str, version: int, edge_address: bytes | None,
+                     now: float, out: Outbound) -> None:
+        """Answer a dropped client packet (``data``: the ICMP datagram) with Destination
+        Unreachable, unless it is one no error may be sent about or the client's bucket is empty."""
+        if edge_address is None or not _may_answer(data, version):
+            return
+        if not self._unreachable_limiter.allow(client.conn_id, now):
+            self.drops["unreachable_rate_limited"] += 1
+            return
+        try:
+            answer = build_destination_unreachable(edge_address, memoryview(data)[1:], UNREACHABLE_CODES[reason, version])
+        except (MalformedPacket, ValueError):
+            self.drops["icmp_unreachable_unbuildable"] += 1
+            return
+        out.setdefault(client.conn_id, []).append(encode_icmp(answer))
+        self.routed[f"icmp_unreachable_{reason}"] += 1
 
     def _time_exceeded(self, client: _Client, packet: bytearray, edge_address: bytes | None, out: Outbound) -> None:
         if edge_address is None:

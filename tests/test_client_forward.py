@@ -127,11 +127,11 @@ def test_idle_peers_expire_and_failures_are_counted() -> None:
             other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             other.sendto(b"lost", address)
             for _ in range(50):
-                if forward.drops["session_open_failed"]:
+                if forward.drops["forward_session_open_failed"]:
                     break
                 await asyncio.sleep(0.01)
             other.close()
-            assert forward.drops["session_open_failed"] == 1
+            assert forward.drops["forward_session_open_failed"] == 1
         finally:
             forward.close()
             sock.close()
@@ -148,10 +148,10 @@ def test_peer_limit() -> None:
             for s in socks:
                 s.sendto(b"x", address)
             for _ in range(50):
-                if forward.drops["peer_limit"]:
+                if forward.drops["forward_peer_limit"]:
                     break
                 await asyncio.sleep(0.01)
-            assert forward.drops["peer_limit"] == 1 and forward.peers == 1
+            assert forward.drops["forward_peer_limit"] == 1 and forward.peers == 1
         finally:
             forward.close()
             for s in socks:
@@ -173,12 +173,45 @@ def test_an_unanswered_registration_is_counted_not_raised() -> None:
         try:
             sock.sendto(b"lost", address)
             for _ in range(200):
-                if forward.drops["session_open_failed"]:
+                if forward.drops["forward_session_open_failed"]:
                     break
                 await asyncio.sleep(0.01)
-            assert forward.drops["session_open_failed"] == 1 and forward.peers == 0
+            assert forward.drops["forward_session_open_failed"] == 1 and forward.peers == 0
         finally:
             forward.close()
             sock.close()
 
     asyncio.run(main())
+
+
+def test_oversize_datagrams_are_counted_and_logged_once_per_peer(caplog: pytest.LogCaptureFixture) -> None:
+    """1,300 and 3,000 bytes do not fit a tunnel datagram (1280 bytes of payload): each is
+    a counted drop, the first of each peer one warning that says why; smaller ones still go."""
+    from collections import Counter
+
+    async def main() -> None:
+        opener = FakeOpener()
+        opener.drops = Counter()  # type: ignore[attr-defined]  # like fastproxy.Client's
+        forward = UdpForward(opener, ("10.0.0.53", 53))
+        address = await forward.start("127.0.0.1", 0)
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a.setblocking(False)
+        a.bind(("127.0.0.1", 0))
+        try:
+            for size in (1300, 3000, 1281):
+                a.sendto(b"x" * size, address)
+            assert await _exchange(a, address, b"y" * 1280) == b"Y" * 1280
+            assert forward.drops["forward_payload_too_large"] == 3
+            assert opener.drops["forward_payload_too_large"] == 3  # the client's counter: its metrics
+            assert opener.sessions[0].sent == [b"y" * 1280]
+        finally:
+            forward.close()
+            a.close()
+
+    with caplog.at_level("WARNING", logger="fastproxy.client.forward"):
+        asyncio.run(main())
+    lines = [r for r in caplog.records if "datagram" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "dropping a 1300-byte datagram from 127.0.0.1:" in lines[0].getMessage()
+    assert "at most 1280 bytes of UDP payload" in lines[0].getMessage()
+    assert lines[0].event == "udp_payload_too_large"  # type: ignore[attr-defined]

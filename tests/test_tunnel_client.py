@@ -57,6 +57,9 @@ def test_client_icmp_udp_refusal_and_recovery_after_reconnect() -> None:
                 assert await session.receive(3) == b"echo:first"
                 session.send(b"second")
                 assert await session.receive(3) == b"echo:second"
+                with pytest.raises(fastproxy.UdpPayloadTooLarge, match="1300 bytes to 127.0.0.1:"):
+                    session.send(b"x" * 1300)
+                assert client.drops["udp_payload_too_large"] == 1
 
                 with pytest.raises(fastproxy.UdpSessionRefused) as refused:
                     await client.open_udp("127.0.0.1", port)  # past the connector's session limit

@@ -20,6 +20,7 @@ _TUNNEL_CLASSES = {
     "UdpSessionRefused": "fastproxy.tunnel.client",
     "UdpDestinationUnreachable": "fastproxy.tunnel.client",
     "UdpSessionTimeout": "fastproxy.tunnel.client",
+    "UdpPayloadTooLarge": "fastproxy.tunnel.client",
 }
 
 
@@ -46,6 +47,7 @@ __all__ = [
     "UdpSessionRefused",
     "UdpDestinationUnreachable",
     "UdpSessionTimeout",
+    "UdpPayloadTooLarge",
     "EchoIdExhausted",
     "FastproxyError",
     "FlowTableFull",

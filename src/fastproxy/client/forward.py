@@ -2,7 +2,10 @@
 
 Each local peer (address, port) gets its own UDP session through the tunnel, so answers
 go back to the peer that asked. Datagrams that arrive while the session is being opened
-wait in a short queue; a peer idle for ``idle_timeout`` seconds loses its session.
+wait in a short queue; a peer idle for ``idle_timeout`` seconds loses its session. A
+datagram larger than the tunnel carries (MAX_DATAGRAM_PAYLOAD, 1280 bytes) is dropped,
+counted (``forward_payload_too_large``) and logged once per peer: a local UDP socket has
+no way to tell its sender (no ICMP comes back over loopback for it).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from ..datagram import MAX_DATAGRAM_PAYLOAD
+from ..logs import format_address
 from .interfaces import UdpSession, UdpSessionOpener
 
 __all__ = ["UdpForward", "parse_forward_spec"]
@@ -35,10 +40,11 @@ def parse_forward_spec(text: str) -> tuple[tuple[str, int], tuple[str, int]]:
 
 
 class _Peer:
-    __slots__ = ("address", "session", "pending", "last_seen", "task")
+    __slots__ = ("address", "session", "pending", "last_seen", "task", "told_too_large")
 
     def __init__(self, address: Any, now: float) -> None:
         self.address = address
+        self.told_too_large = False
         self.session: UdpSession | None = None
         self.pending: list[bytes] = []
         self.last_seen = now
@@ -49,7 +55,10 @@ class UdpForward(asyncio.DatagramProtocol):
     """Forwards datagrams from a local UDP socket to ``remote`` through ``opener``.
 
     ``start()`` binds the local socket; ``close()`` ends every session. Counters:
-    ``stats`` (datagrams each way, sessions opened) and ``drops`` (by reason).
+    ``stats`` (datagrams each way, sessions opened) and ``drops`` (by reason, each prefixed
+    ``forward_``) — the opener's own drop counter when it has one (a
+    :class:`fastproxy.Client`), so the client's metrics show them as
+    ``fastproxy_drops_total{component="client",reason="forward_..."}``.
     """
 
     def __init__(
@@ -70,7 +79,8 @@ class UdpForward(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self.stats: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        drops = getattr(opener, "drops", None)
+        self.drops: Counter[str] = drops if isinstance(drops, Counter) else Counter()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind the local socket; returns the address it got (port 0 picks one)."""
@@ -88,30 +98,45 @@ class UdpForward(asyncio.DatagramProtocol):
         peer = self._peers.get(addr)
         if peer is None:
             if len(self._peers) >= self.max_peers:
-                self.drops["peer_limit"] += 1
+                self.drops["forward_peer_limit"] += 1
                 return
             peer = self._peers[addr] = _Peer(addr, now)
             peer.task = asyncio.get_running_loop().create_task(self._serve(peer))
         peer.last_seen = now
         self.stats["datagrams_from_local"] += 1
-        if peer.session is not None:
+        if len(data) > MAX_DATAGRAM_PAYLOAD:
+            self._too_large(peer, len(data))
+        elif peer.session is not None:
             peer.session.send(data)
         elif len(peer.pending) < _PENDING_LIMIT:
             peer.pending.append(data)
         else:
-            self.drops["pending_overflow"] += 1
+            self.drops["forward_pending_overflow"] += 1
+
+    def _too_large(self, peer: _Peer, size: int) -> None:
+        self.drops["forward_payload_too_large"] += 1
+        if not peer.told_too_large:  # once per peer: the counter says how many followed
+            peer.told_too_large = True
+            log.warning("dropping a %d-byte datagram from %s to %s:%d: the tunnel carries at most %d bytes "
+                        "of UDP payload (further drops for this peer are only counted)",
+                        size, format_address(peer.address), *self.remote, MAX_DATAGRAM_PAYLOAD,
+                        extra={"event": "udp_payload_too_large", "peer": format_address(peer.address),
+                               "size": size, "limit": MAX_DATAGRAM_PAYLOAD})
 
     async def _serve(self, peer: _Peer) -> None:
         try:
             session = await self._opener.open_udp(*self.remote)
         # asyncio.TimeoutError (an unanswered registration): not the builtin one on 3.10.
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            log.warning("cannot open a UDP session to %s:%d for %s: %s", *self.remote, peer.address, exc)
-            self.drops["session_open_failed"] += len(peer.pending)
+            log.warning("cannot open a UDP session to %s:%d for %s: %s", *self.remote,
+                        format_address(peer.address), exc,
+                        extra={"event": "udp_session_refused", "peer": format_address(peer.address),
+                               "reason": str(exc)})
+            self.drops["forward_session_open_failed"] += len(peer.pending)
             self._peers.pop(peer.address, None)
             return
         self.stats["sessions_opened"] += 1
-        log.debug("UDP session to %s:%d for %s", *self.remote, peer.address)
+        log.debug("UDP session to %s:%d for %s", *self.remote, format_address(peer.address))
         peer.session = session
         for data in peer.pending:
             session.send(data)

@@ -31,6 +31,7 @@ from typing import Union
 
 from ..datagram import (
     DATAGRAM_ICMP,
+    MAX_DATAGRAM_PAYLOAD,
     RESPONSE_DESTINATION_UNREACHABLE,
     RESPONSE_ERROR,
     RESPONSE_OK,
@@ -50,7 +51,7 @@ from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
 __all__ = [
-    "Client", "UdpDestinationUnreachable", "UdpSession", "UdpSessionClosed", "UdpSessionRefused", "UdpSessionTimeout",
+    "Client", "UdpDestinationUnreachable", "UdpPayloadTooLarge", "UdpSession", "UdpSessionClosed", "UdpSessionRefused", "UdpSessionTimeout",
 ]
 
 log = logging.getLogger("fastproxy.client")
@@ -88,6 +89,10 @@ class UdpSessionRefused(FastproxyError, ConnectionError):
 class UdpDestinationUnreachable(UdpSessionRefused):
     """Refused with 0x01: no connector serves the destination, or the client's policy does
     not allow it (the edge's answer says which), or the connector cannot reach it."""
+
+
+class UdpPayloadTooLarge(FastproxyError, ValueError):
+    """A UDP payload larger than one tunnel datagram carries (MAX_DATAGRAM_PAYLOAD, 1280 bytes)."""
 
 
 class UdpSessionTimeout(FastproxyError, asyncio.TimeoutError):
@@ -132,9 +137,14 @@ class UdpSession:
                                        payload=payload)
 
     def send(self, payload: bytes) -> None:
-        """Send one payload to the destination (dropped and counted while disconnected)."""
+        """Send one payload to the destination (dropped and counted while disconnected);
+        UdpPayloadTooLarge when it is over MAX_DATAGRAM_PAYLOAD (1280 bytes)."""
         if self._closed is not None:
             raise UdpSessionClosed(str(self._closed))
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            self.client.drops["udp_payload_too_large"] += 1
+            raise UdpPayloadTooLarge(f"a UDP payload of {len(payload)} bytes to {self.target} does not fit the "
+                                     f"tunnel (at most {MAX_DATAGRAM_PAYLOAD} bytes); send smaller datagrams")
         self.last_activity = time.monotonic()
         self.client._send([encode_udp_payload(self.request_id, payload)])
 

@@ -6,6 +6,19 @@ device go through the tunnel, and what comes back is written to the device.
 - UDP packets become UDP sessions, one per (local address, local port, remote address,
   remote port); answers are turned back into UDP packets.
 - Anything else (TCP, neighbour discovery...) is dropped and counted by reason.
+
+Too big for the tunnel: the device's MTU is the tunnel's (1280: an ICMP datagram carries
+one IP packet of at most 1280 bytes, a UDP payload at most 1280 bytes), so the kernel
+refuses larger DF packets itself (``ping -M do -s 1400``: "message too long, mtu=1280")
+and fragments the rest. The bridge reassembles fragments (:mod:`.fragments`); a whole
+packet that fits goes on, one that does not is a counted drop (``tun_too_big``), logged
+once per flow, and answered as a router at the device's far end would: Fragmentation
+Needed (v4) / Packet Too Big (v6) carrying the tunnel MTU, so ``ping`` says "Frag needed
+and DF set (mtu = 1280)" instead of losing it silently. A reassembly that times out with
+its first fragment in hand is answered with Time Exceeded (fragment reassembly, code 1).
+These answers come from 192.0.0.8, the IPv4 dummy address meant for exactly this
+(RFC 7600), and fe80::1 (a link-local address of the device's far end), at most
+``icmp_rate`` a second.
 """
 
 from __future__ import annotations
@@ -13,20 +26,35 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+from ..datagram import MAX_DATAGRAM_PAYLOAD
+from ..icmp.ratelimit import TokenBucketLimiter
+from ..logs import format_address
+from ..packet import build_icmp_error, build_packet_too_big
+from .fragments import Reassembler, is_fragment
 from .interfaces import PacketTunnel, UdpSessionOpener
 from .tun import TunDevice
 from .udp_packets import build_udp_packet, parse_udp_packet
 
-__all__ = ["TunBridge"]
+__all__ = ["ROUTER_V4", "ROUTER_V6", "TUNNEL_MTU", "TunBridge"]
 
 log = logging.getLogger("fastproxy.client.bridge")
 
 _ECHO_REQUEST = {4: 8, 6: 128}
 _ICMP = {4: 1, 6: 58}
 _PENDING_LIMIT = 64
+_TOLD_LIMIT = 1024  # flows remembered as already logged about
+
+TUNNEL_MTU = MAX_DATAGRAM_PAYLOAD
+"""The largest IP packet an ICMP datagram carries (DESIGN section 2): the TUN device's MTU."""
+ROUTER_V4 = ipaddress.IPv4Address("192.0.0.8").packed
+"""Source of the bridge's ICMPv4 errors: the IPv4 dummy address (RFC 7600)."""
+ROUTER_V6 = ipaddress.IPv6Address("fe80::1").packed
+"""Source of the bridge's ICMPv6 errors: a link-local address of the device's far end."""
 
 FlowKey = tuple[bytes, int, bytes, int]
 
@@ -47,16 +75,22 @@ class TunBridge:
     ``drops`` — the client's own drop counter when it has one, so the metrics show them
     as ``fastproxy_drops_total{component="client",reason="tun_..."}``."""
 
-    def __init__(self, tun: TunDevice, client: Any, *, max_udp_flows: int = 1024) -> None:
+    def __init__(self, tun: TunDevice, client: Any, *, max_udp_flows: int = 1024, icmp_rate: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.tun = tun
         self.client: PacketTunnel = client
         self.opener: UdpSessionOpener = client
         self.max_udp_flows = max_udp_flows
         self._flows: dict[FlowKey, _UdpFlow] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock = clock
         self.stats: Counter[str] = Counter()
         drops = getattr(client, "drops", None)
         self.drops: Counter[str] = drops if isinstance(drops, Counter) else Counter()
+        self.reassembly = Reassembler(drops=self.drops, prefix="tun_")
+        self._icmp_limiter = TokenBucketLimiter(icmp_rate, max(1.0, 2 * icmp_rate), max_keys=1)
+        self._told: set[tuple[bytes, bytes, int]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Read the device whenever it has packets."""
@@ -68,6 +102,9 @@ class TunBridge:
         """Stop reading and end every UDP session (the device is the caller's to close)."""
         if self._loop is not None and self.tun.fd is not None:
             self._loop.remove_reader(self.tun.fd)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for flow in self._flows.values():
             if flow.session is not None:
                 flow.session.close()
@@ -80,8 +117,20 @@ class TunBridge:
         self.stats["packets_to_tun"] += self.tun.write_batch(packets)
 
     def _on_readable(self) -> None:
+        self.from_device(self.tun.read_batch())
+
+    def from_device(self, packets: list[bytes]) -> None:
+        """Packets local programs sent into the device: into the tunnel, reassembled when
+        fragmented; what cannot go is counted and, where IP has a signal, answered."""
         icmp: list[bytes] = []
-        for packet in self.tun.read_batch():
+        for packet in packets:
+            if is_fragment(packet):
+                whole = self.reassembly.add(packet, self._clock())
+                self._schedule_expiry()
+                if whole is None:
+                    continue
+                self.stats["reassembled"] += 1
+                packet = whole
             version = packet[0] >> 4 if packet else 0
             if version == 4 and len(packet) >= 20 and packet[9] == 1:
                 ihl = (packet[0] & 0x0F) * 4
@@ -91,10 +140,12 @@ class TunBridge:
             else:
                 self._udp(packet)
                 continue
-            if kind == _ECHO_REQUEST[version]:
-                icmp.append(packet)
-            else:
+            if kind != _ECHO_REQUEST[version]:
                 self.drops["tun_icmp_not_echo_request"] += 1
+            elif len(packet) > TUNNEL_MTU:
+                self._too_big(packet, version)
+            else:
+                icmp.append(packet)
         if icmp:
             self.stats["icmp_to_tunnel"] += len(icmp)
             self.client.send_packets(icmp)
@@ -103,6 +154,9 @@ class TunBridge:
         udp = parse_udp_packet(packet)
         if udp is None:
             self.drops["tun_not_icmp_or_udp"] += 1
+            return
+        if len(udp.payload) > MAX_DATAGRAM_PAYLOAD:
+            self._too_big(packet, udp.version)
             return
         key = (udp.src, udp.src_port, udp.dst, udp.dst_port)
         flow = self._flows.get(key)
@@ -120,6 +174,49 @@ class TunBridge:
             flow.pending.append(udp.payload)
         else:
             self.drops["tun_udp_pending_overflow"] += 1
+
+    def _too_big(self, packet: bytes, version: int) -> None:
+        """A whole packet the tunnel cannot carry: count, log once per flow, answer."""
+        self.drops["tun_too_big"] += 1
+        src, dst = (packet[12:16], packet[16:20]) if version == 4 else (packet[8:24], packet[24:40])
+        flow = (bytes(src), bytes(dst), packet[9] if version == 4 else packet[6])
+        if flow not in self._told:
+            if len(self._told) >= _TOLD_LIMIT:
+                self._told.clear()
+            self._told.add(flow)
+            log.warning("dropping a %d-byte packet from %s to %s: the tunnel carries at most %d bytes; "
+                        "answered with %s (mtu %d); further drops for this flow are only counted",
+                        len(packet), ipaddress.ip_address(src), ipaddress.ip_address(dst), TUNNEL_MTU,
+                        "Fragmentation Needed" if version == 4 else "Packet Too Big", TUNNEL_MTU,
+                        extra={"event": "tun_packet_too_big", "src": str(ipaddress.ip_address(src)),
+                               "dst": str(ipaddress.ip_address(dst)), "size": len(packet), "mtu": TUNNEL_MTU})
+        self._answer(build_packet_too_big, packet, version, TUNNEL_MTU)
+
+    def _answer(self, build: Callable[..., bytes], packet: bytes, version: int, arg: int) -> None:
+        if not self._icmp_limiter.allow(0, self._clock()):
+            self.drops["tun_icmp_error_rate_limited"] += 1
+            return
+        answer = build(ROUTER_V4 if version == 4 else ROUTER_V6, packet, arg)
+        self.stats["icmp_errors_to_tun"] += self.tun.write_batch([answer])
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None or self._loop is None or not len(self.reassembly):
+            return
+
+        def tick() -> None:
+            self._expiry = None
+            self.expire_fragments()
+            self._schedule_expiry()
+
+        self._expiry = self._loop.call_later(1.0, tick)
+
+    def expire_fragments(self) -> None:
+        """Forget reassemblies past their time; answer those whose first fragment came with
+        Time Exceeded (fragment reassembly time exceeded, code 1)."""
+        for first in self.reassembly.expire(self._clock()):
+            version = first[0] >> 4
+            self._answer(lambda src, original, code: build_icmp_error(src, original, 11 if version == 4 else 3, code),
+                         first, version, 1)
 
     async def _serve(self, key: FlowKey, flow: _UdpFlow) -> None:
         local, local_port, remote, remote_port = key

@@ -28,6 +28,13 @@ icmp_packets_total{kind}                   counter  connector: ICMP proxy packet
 client_rtt_seconds                         histo    client: round-trip times it observed
                                                     (:meth:`ClientMetrics.observe_rtt`)
 =========================================  =======  ==========================================
+
+A family is written only when it has a sample (no HELP/TYPE lines about nothing).
+Reason-labelled counters (``drops_total``, ``auth_failures_total``, ``routed_total``) carry
+the reasons that happened, never declared reasons at 0, the same way in every role: the
+reason sets are open (the core's malformed reasons, each component's own), all of them at 0
+would be some hundred series per process that say nothing; an absent series means 0
+(``sum(rate(fastproxy_drops_total[5m])) or vector(0)``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,18 @@ def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMe
     return GaugeMetricFamily(_PREFIX + name, documentation, labels=list(labels))
 
 
+def _add_reasons(family: CounterMetricFamily, component: str | None, counts: Any) -> None:
+    """One sample per reason that happened (count > 0; see the module docstring for why)."""
+    for reason, count in counts.items():
+        if count > 0:
+            family.add_metric([reason] if component is None else [component, reason], count)
+
+
+def _with_samples(*families: Metric) -> Iterator[Metric]:
+    """The families that have a sample: an empty one would be HELP and TYPE lines alone."""
+    return (family for family in families if family.samples)
+
+
 class TunnelCollector(Collector):
     """Reads the counters of an :class:`~fastproxy.tunnel.edge.Edge`, a
     :class:`~fastproxy.tunnel.connector.Connector` and :class:`~fastproxy.tunnel.client.Client`
@@ -76,12 +95,11 @@ class TunnelCollector(Collector):
             connection = client._connection
             active.add_metric(["client"], 1 if client.connected.is_set() else 0)
             total.add_metric(["client"], client.stats["connections"])
-            for reason, count in client.drops.items():
-                drops.add_metric(["client", reason], count)
+            _add_reasons(drops, "client", client.drops)
             if connection is not None:
                 datagrams.add_metric(["in"], connection.datagrams_in)
                 datagrams.add_metric(["out"], connection.datagrams_out)
-        yield from (active, total, datagrams, drops, sessions_active, sessions_total)
+        yield from _with_samples(active, total, datagrams, drops, sessions_active, sessions_total)
 
     def _edge(self, active: Any, total: Any, datagrams: Any, drops: Any, sessions_active: Any) -> Iterator[Metric]:
         edge = self.edge
@@ -94,18 +112,15 @@ class TunnelCollector(Collector):
         rejected = _counter("connections_rejected", "Connections the edge refused")
         rejected.add_metric([], edge.stats["connections_rejected"])
         auth = _counter("auth_failures", "Authentication failures at the edge", ["reason"])
-        for reason, count in edge.router.auth_failures.items():
-            auth.add_metric([reason], count)
+        _add_reasons(auth, None, edge.router.auth_failures)
         routed = _counter("routed", "Datagrams the edge routed", ["kind"])
-        for kind, count in edge.router.routed.items():
-            routed.add_metric([kind], count)
-        for reason, count in edge.router.drops.items():
-            drops.add_metric(["edge", reason], count)
+        _add_reasons(routed, None, edge.router.routed)
+        _add_reasons(drops, "edge", edge.router.drops)
         received, sent = edge.datagram_totals()
         datagrams.add_metric(["in"], received)
         datagrams.add_metric(["out"], sent)
         sessions_active.add_metric([], edge.router.session_count)
-        yield from (rejected, auth, routed)
+        yield from _with_samples(rejected, auth, routed)
 
     def _connector(self, active: Any, total: Any, datagrams: Any, drops: Any, sessions_active: Any,
                    sessions_total: Any) -> Iterator[Metric]:
@@ -118,10 +133,8 @@ class TunnelCollector(Collector):
         if connection is not None:
             datagrams.add_metric(["in"], connection.datagrams_in)
             datagrams.add_metric(["out"], connection.datagrams_out)
-        for reason, count in connector.drops.items():
-            drops.add_metric(["connector", reason], count)
-        for reason, count in connector.udp_drops.items():
-            drops.add_metric(["udp", reason], count)
+        _add_reasons(drops, "connector", connector.drops)
+        _add_reasons(drops, "udp", connector.udp_drops)
         table = connector.udp_sessions
         sessions_active.add_metric([], len(table) if table is not None else 0)
         sessions_total.add_metric([], connector.udp_stats["sessions_opened"])
@@ -135,9 +148,8 @@ class TunnelCollector(Collector):
         packets = _counter("icmp_packets", "ICMP proxy packets", ["kind"])
         for kind in ("packets_in", "packets_out", "forwarded", "replies_in", "time_exceeded_sent", "unreachable_sent"):
             packets.add_metric([kind], getattr(icmp, kind))
-        for reason, count in icmp.drops.items():
-            drops.add_metric(["icmp", reason], count)
-        yield from (flows_active, flows_total, packets)
+        _add_reasons(drops, "icmp", icmp.drops)
+        yield from _with_samples(flows_active, flows_total, packets)
 
 
 class ClientMetrics:
@@ -162,20 +174,27 @@ def create_registry(*, edge: Any = None, connector: Any = None, clients: Iterabl
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> asyncio.Server:
-    """Answer ``GET /metrics`` with the registry in the Prometheus text format (404 for
-    other paths). Runs on the current event loop; close the returned server to stop."""
+    """Answer ``GET /metrics`` (and ``HEAD /metrics``: the same headers, no body) with the
+    registry in the Prometheus text format; 404 for other paths, 405 for other methods.
+    Runs on the current event loop; close the returned server to stop."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
             parts = request.split(b"\r\n", 1)[0].split()
-            if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
+            method = parts[0] if parts else b""
+            extra = b""
+            if len(parts) < 2 or parts[1].split(b"?")[0] != b"/metrics":
+                body, status, content_type = b"not found\n", b"404 Not Found", b"text/plain"
+            elif method in (b"GET", b"HEAD"):
                 body, status = generate_latest(registry), b"200 OK"
                 content_type = b"text/plain; version=0.0.4; charset=utf-8"
             else:
-                body, status, content_type = b"not found\n", b"404 Not Found", b"text/plain"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
-                         + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                body, status, content_type = b"only GET and HEAD\n", b"405 Method Not Allowed", b"text/plain"
+                extra = b"\r\nAllow: GET, HEAD"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + extra
+                         + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                         + (b"" if method == b"HEAD" else body))
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
             pass

@@ -86,8 +86,9 @@ class RateLimitedLog:
             return False
         self._last[event] = now
         suppressed = self._suppressed.pop(event, 0)
+        extra = {"event": event, "suppressed": suppressed}  # JSON logs: the event as a key
         if suppressed:
-            self.logger.warning(message + " (%d similar lines suppressed)", *args, suppressed)
+            self.logger.warning(message + " (%d similar lines suppressed)", *args, suppressed, extra=extra)
         else:
-            self.logger.warning(message, *args)
+            self.logger.warning(message, *args, extra=extra)
         return True

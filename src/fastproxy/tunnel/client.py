@@ -388,7 +388,7 @@ class Client:
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
             await closed.wait()
-            log.warning("connection to the edge lost; reconnecting")
+            quic.log_connection_lost(log, self._connection, "client")
             closed = asyncio.Event()
             while True:
                 await asyncio.sleep(backoff.next_delay())

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagram, encode_icmp
 from ..errors import MalformedDatagram
+from ..logs import format_address
 from . import quic
 from .control import ROLE_CONNECTOR, ClientGone, ControlMessage, Network
 from .dial import Backoff, TunnelRejected, dial
@@ -165,7 +166,7 @@ class Connector:
                 await self._connect_once(closed)
                 backoff.connected()
                 await closed.wait()
-                log.warning("connection to the edge lost; reconnecting")
+                quic.log_connection_lost(log, self._connection, "connector")
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 self.last_error = exc
                 self.stats["connect_failures"] += 1
@@ -196,7 +197,9 @@ class Connector:
             return
         self.stats["connections"] += 1
         log.info("connected to the edge %s:%d, serving %s", self.edge_host, self.edge_port,
-                 ", ".join(map(str, self.routes)))
+                 ", ".join(map(str, self.routes)),
+                 extra={"event": "connect", "peer": format_address((self.edge_host, self.edge_port)),
+                        "role": ROLE_CONNECTOR, "prefixes": [str(p) for p in self.routes]})
         self.connected.set()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(connection))
 

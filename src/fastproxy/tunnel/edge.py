@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from collections import Counter
 
+from ..logs import format_address
 from . import quic
 from .certs import certificate_fingerprint, generate_self_signed
 from .control import (
@@ -148,6 +149,8 @@ class Edge:
         connection.on_control = self._on_control
         connection.on_datagrams = self._on_datagrams
         connection.on_closed = self._on_closed
+        log.debug("connection %d from %s", conn_id, format_address(connection.remote_address),
+                  extra={"event": "connect", "peer": format_address(connection.remote_address), "conn_id": conn_id})
         loop = asyncio.get_running_loop()
         loop.call_later(HELLO_TIMEOUT, self._check_hello, conn_id)
 
@@ -157,7 +160,11 @@ class Edge:
             self._reject(self._connections[conn_id], Error(ERROR_AUTHENTICATION_FAILED, "no hello within 5 seconds"))
 
     def _reject(self, connection: quic.TunnelConnection, error: Error) -> None:
-        log.warning("rejecting %s: %s", connection.remote_address, error.reason)
+        conn_id: int = connection.conn_id  # type: ignore[attr-defined]
+        peer = format_address(connection.remote_address)
+        log.warning("rejecting %s: %s", peer, error.reason,
+                    extra={"event": "reject", "peer": peer, "conn_id": conn_id, "role": self._roles.get(conn_id),
+                           "reason": error.reason})
         self.stats["connections_rejected"] += 1
         try:
             connection.send_control(encode_message(error))
@@ -183,11 +190,18 @@ class Edge:
                 self.stats[f"connections_total_{message.role}"] += 1
                 if message.role == ROLE_CLIENT:
                     connection.send_control(encode_message(result))
-                    log.info("client %d from %s admitted", conn_id, connection.remote_address)
+                    peer = format_address(connection.remote_address)
+                    addresses = [str(a) for a in (result.client_v4, result.client_v6) if a is not None]
+                    log.info("client %d from %s admitted: %s", conn_id, peer, ", ".join(addresses),
+                             extra={"event": "admit", "peer": peer, "role": ROLE_CLIENT, "client_id": conn_id,
+                                    "addresses": addresses})
             elif role == ROLE_CONNECTOR and isinstance(message, Announce) and not self.router.is_connector(conn_id):
                 connection.send_control(encode_message(self.router.announce(conn_id, message)))
-                log.info("connector %d from %s serves %s", conn_id, connection.remote_address,
-                         ", ".join(map(str, message.prefixes)))
+                peer = format_address(connection.remote_address)
+                prefixes = [str(p) for p in message.prefixes]
+                log.info("connector %d from %s serves %s", conn_id, peer, ", ".join(prefixes),
+                         extra={"event": "announce", "peer": peer, "role": ROLE_CONNECTOR, "connector_id": conn_id,
+                                "prefixes": prefixes})
             else:
                 self.router.auth_failures["unexpected_control_message"] += 1
                 self._reject(connection, Error(ERROR_PROTOCOL, f"unexpected {type(message).__name__} message"))
@@ -201,13 +215,26 @@ class Edge:
             if peer is not None:
                 peer.send_datagrams(batch)
 
+    def _log_disconnect(self, connection: quic.TunnelConnection, conn_id: int, role: str | None, code: int,
+                        reason: str) -> None:
+        """One line per admitted connection that ends: INFO when closed normally (code 0,
+        by either side), WARNING for an error or a timeout."""
+        if role is None:  # never admitted: its rejection (if any) was logged
+            return
+        peer = format_address(connection.remote_address)
+        reason = reason or ("idle timeout" if code == 0 else f"error code {code:#x}")
+        log.log(logging.INFO if code == 0 else logging.WARNING, "%s %d from %s disconnected: %s", role, conn_id, peer,
+                reason, extra={"event": "disconnect", "peer": peer, "role": role, f"{role}_id": conn_id,
+                               "reason": reason, "code": code})
+
     def _on_closed(self, connection: quic.TunnelConnection, code: int, reason: str) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
         if self._connections.pop(conn_id, None) is not None:
             self.stats["datagrams_in_closed"] += connection.datagrams_in
             self.stats["datagrams_out_closed"] += connection.datagrams_out
         self._decoders.pop(conn_id, None)
-        self._roles.pop(conn_id, None)
+        role = self._roles.pop(conn_id, None)
+        self._log_disconnect(connection, conn_id, role, code, reason)
         gone = None
         if self.router.is_client(conn_id):
             v4, v6 = self.router.client_addresses(conn_id)

@@ -44,6 +44,7 @@ from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 
+from ..logs import format_address
 from .certs import normalize_pin
 
 __all__ = [
@@ -65,6 +66,36 @@ __all__ = [
 ]
 
 log = logging.getLogger("fastproxy.tunnel.quic")
+
+
+class _PeerCloseFilter(logging.Filter):
+    """qh3 logs every close by the peer, normal ones too, as a WARNING naming its native
+    event tuple; the edge, connector and client log each disconnect themselves (INFO when
+    normal), so that line is kept only for debugging, and then at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Native peer close"):
+            return True
+        if not log.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("quic").addFilter(_PeerCloseFilter())
+
+
+def log_connection_lost(logger: logging.Logger, connection: TunnelConnection | None, role: str) -> None:
+    """The line a connector or client logs when its connection to the edge ends: INFO when
+    the edge closed it normally (code 0 with a reason, such as "edge shutting down"),
+    WARNING otherwise (an error, or the idle timeout: the edge went silent)."""
+    code = connection.close_code if connection is not None else None
+    reason = connection.close_reason if connection is not None else ""
+    peer = format_address(connection.remote_address) if connection is not None else ""
+    normal = code == 0 and bool(reason)
+    why = reason or ("no answer within the idle timeout" if code == 0 else f"error code {code:#x}" if code else "lost")
+    logger.log(logging.INFO if normal else logging.WARNING, "connection to the edge %s closed (%s); reconnecting",
+               peer, why, extra={"event": "disconnect", "peer": peer, "role": role, "reason": why, "code": code})
 
 ALPN = "fastproxy"
 # The largest tunnel datagram is a UDP registration with an IPv6 destination (38 bytes

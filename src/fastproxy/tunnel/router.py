@@ -54,7 +54,7 @@ from ..datagram import (
     encode_udp_registration,
 )
 from ..errors import MalformedDatagram, MalformedPacket
-from ..icmp.ratelimit import TokenBucketLimiter
+from ..icmp.ratelimit import RateLimitedLog, TokenBucketLimiter
 from ..packet import build_destination_unreachable, build_time_exceeded, decrement_ttl
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
@@ -284,6 +284,7 @@ class EdgeRouter:
         self._routes = _PrefixTable()
         self._sessions: dict[bytes, _Session] = {}
         self._unreachable_limiter = TokenBucketLimiter(config.unreachable_rate, config.unreachable_burst)
+        self._limit_log = RateLimitedLog(log)
         # Last addresses given to each client token (by digest): a client that reconnects
         # gets them back when they are free, so its flows and sessions carry on.
         self._last_addresses: dict[bytes, tuple[bytes | None, bytes | None]] = {}
@@ -481,6 +482,8 @@ class EdgeRouter:
         if session is None:
             if len(client.sessions) >= self.config.max_sessions_per_client:
                 self.drops["client_session_limit"] += 1
+                self._limit_log.warning("client_session_limit", now, "client %d has %d UDP sessions (the edge's "
+                                        "max_sessions_per_client); refusing more", client.conn_id, len(client.sessions))
                 out.setdefault(client.conn_id, []).append(
                     encode_registration_response(message.request_id, RESPONSE_TOO_MANY_ACTIVE_FLOWS, "edge session limit")
                 )

@@ -129,6 +129,16 @@ def test_ping_too_big_for_the_tunnel_is_told_the_mtu(network: Network) -> None:
     assert log.count(f"dropping a 1428-byte packet from 100.96.0.2 to {TARGET4}") == 1, log
 
 
+def test_ping6_too_big_for_the_tunnel_is_told_the_mtu(network: Network) -> None:
+    """IPv6 sources fragment themselves: the bridge reassembles 1448 bytes and answers
+    Packet Too Big (mtu 1280); 1232 bytes of data (a 1280-byte packet) still go."""
+    topo, *_ = network
+    fragmented = topo.run("user", "ping", "-n", "-c", "2", "-i", "0.2", "-W", "2", "-s", "1400", TARGET6, check=False)
+    assert "Packet too big: mtu=1280" in fragmented.stdout, fragmented.stdout + fragmented.stderr
+    fits = topo.run("user", "ping", "-n", "-c", "1", "-W", "2", "-s", "1232", TARGET6, check=False)
+    assert "1 received" in fits.stdout, fits.stdout + fits.stderr
+
+
 def _forward(topo: Topology, workdir: str, pin: str, remote: str, name: str) -> tuple[subprocess.Popen[bytes], str]:
     log = f"{workdir}/{name}.log"
     process = fastproxy(topo, "user", "forward-udp", "--edge", "192.0.2.2:4433", "--token", "client-1-0123456789",

@@ -191,3 +191,28 @@ def test_edge_metrics_count_the_answers(network: Network) -> None:
     head = topo.run("edge", "curl", "-sS", "-I", "http://127.0.0.1:9464/metrics").stdout
     assert head.startswith("HTTP/1.1 200 OK"), head
 
+
+
+
+# A UDP client that asks for ICMP errors (IP_RECVERR, as traceroute -U and many resolvers
+# do; without it Linux reports only "hard" errors such as port unreachable to a socket).
+RECVERR = """
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.settimeout(3)
+s.connect((sys.argv[1], 53))
+s.send(b"query")
+try:
+    s.recv(512)
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc.errno) if exc.errno else "timeout")
+"""
+
+
+def test_udp_through_the_tun_to_an_unserved_address_fails_at_once(network: Network) -> None:
+    """The edge refuses the session (0x01); the bridge answers the program's first packet
+    with Destination Unreachable (net unreachable): its socket gets ENETUNREACH, not silence."""
+    topo, *_ = network
+    result = topo.run("user", sys.executable, "-c", RECVERR, UNSERVED4, timeout=20)
+    assert result.stdout.strip() == "ENETUNREACH", result.stdout + result.stderr

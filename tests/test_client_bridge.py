@@ -177,3 +177,33 @@ def test_time_exceeded_type_in_v6_too() -> None:
     bridge.expire_fragments()
     answer = IPv6(tun.written[0])
     assert answer.src == "fe80::1" and answer[ICMPv6TimeExceeded].code == 1
+
+
+def test_udp_flow_refused_as_unreachable_is_answered_with_net_unreachable() -> None:
+    """dig to an address no connector serves: the edge refuses the session (0x01), and the
+    bridge tells the program with an ICMP error quoting its first packet."""
+    import asyncio
+
+    from fastproxy.datagram import RESPONSE_DESTINATION_UNREACHABLE
+    from fastproxy.tunnel.client import UdpSessionRefused
+
+    class Refusing(FakeClient):
+        async def open_udp(self, destination: str, port: int) -> Any:
+            raise UdpSessionRefused.from_response(RESPONSE_DESTINATION_UNREACHABLE, "no connector serves it",
+                                                  f"{destination}:{port}")
+
+    query = raw(IP(src=ME4, dst=DST4, id=5, flags="DF") / UDP(sport=40000, dport=53) / b"query")
+
+    async def main() -> tuple[FakeTun, FakeClient]:
+        tun, client = FakeTun(), Refusing()
+        bridge = TunBridge(tun, client)  # type: ignore[arg-type]
+        bridge._loop = asyncio.get_running_loop()
+        bridge.from_device([query])
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return tun, client
+
+    tun, client = asyncio.run(main())
+    assert tun.written == [raw(IP(src="192.0.0.8", dst=ME4, id=0, flags="DF", ttl=64)
+                               / ICMP(type=3, code=0) / query)]
+    assert client.drops["tun_udp_session_refused"] == 1

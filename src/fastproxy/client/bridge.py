@@ -15,7 +15,9 @@ packet that fits goes on, one that does not is a counted drop (``tun_too_big``),
 once per flow, and answered as a router at the device's far end would: Fragmentation
 Needed (v4) / Packet Too Big (v6) carrying the tunnel MTU, so ``ping`` says "Frag needed
 and DF set (mtu = 1280)" instead of losing it silently. A reassembly that times out with
-its first fragment in hand is answered with Time Exceeded (fragment reassembly, code 1).
+its first fragment in hand is answered with Time Exceeded (fragment reassembly, code 1). A UDP flow whose session is
+refused as unreachable (no connector serves it, or the policy forbids it) is answered
+with Destination Unreachable (net unreachable), so the program's socket fails at once.
 These answers come from 192.0.0.8, the IPv4 dummy address meant for exactly this
 (RFC 7600), and fe80::1 (a link-local address of the device's far end), at most
 ``icmp_rate`` a second.
@@ -31,10 +33,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..datagram import MAX_DATAGRAM_PAYLOAD
-from ..icmp.ratelimit import TokenBucketLimiter
-from ..logs import format_address
-from ..packet import build_icmp_error, build_packet_too_big
+from ..datagram import MAX_DATAGRAM_PAYLOAD, RESPONSE_DESTINATION_UNREACHABLE
+from ..icmp.ratelimit import RateLimitedLog, TokenBucketLimiter
+from ..packet import build_destination_unreachable, build_icmp_error, build_packet_too_big
 from .fragments import Reassembler, is_fragment
 from .interfaces import PacketTunnel, UdpSessionOpener
 from .tun import TunDevice
@@ -60,11 +61,12 @@ FlowKey = tuple[bytes, int, bytes, int]
 
 
 class _UdpFlow:
-    __slots__ = ("session", "pending", "task")
+    __slots__ = ("session", "pending", "task", "first")
 
     def __init__(self) -> None:
         self.session: Any = None
         self.pending: list[bytes] = []
+        self.first = b""  # the flow's first packet, quoted if its session is refused
         self.task: asyncio.Task[None] | None = None
 
 
@@ -90,6 +92,7 @@ class TunBridge:
         self.reassembly = Reassembler(drops=self.drops, prefix="tun_")
         self._icmp_limiter = TokenBucketLimiter(icmp_rate, max(1.0, 2 * icmp_rate), max_keys=1)
         self._told: set[tuple[bytes, bytes, int]] = set()
+        self._refusal_log = RateLimitedLog(log)
         self._expiry: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -165,6 +168,7 @@ class TunBridge:
                 self.drops["tun_udp_flow_limit"] += 1
                 return
             flow = self._flows[key] = _UdpFlow()
+            flow.first = packet
             assert self._loop is not None
             flow.task = self._loop.create_task(self._serve(key, flow))
         self.stats["udp_to_tunnel"] += 1
@@ -224,8 +228,12 @@ class TunBridge:
             try:
                 flow.session = await self.opener.open_udp(str(ipaddress.ip_address(remote)), remote_port)
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-                log.debug("UDP session to %s:%d refused: %s", ipaddress.ip_address(remote), remote_port, exc)
+                self._refusal_log.warning("tun_udp_session_refused", self._clock(), "%s", exc)
                 self.drops["tun_udp_session_refused"] += len(flow.pending)
+                if getattr(exc, "code", None) == RESPONSE_DESTINATION_UNREACHABLE and flow.first:
+                    # The edge or connector cannot reach it: say so to the program, as a
+                    # router would (net unreachable: the socket gets ENETUNREACH at once).
+                    self._answer(build_destination_unreachable, flow.first, flow.first[0] >> 4, 0)
                 return
             for payload in flow.pending:
                 flow.session.send(payload)

@@ -13,7 +13,6 @@ packets itself, so nothing leaves these namespaces.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import pytest
 
 from .conftest import require_root
 from .netns import Link, Route, Topology
-from .test_client_e2e import SRC, fastproxy, wait_until
+from .test_client_e2e import fastproxy, wait_until
 
 pytestmark = pytest.mark.privileged
 

@@ -11,6 +11,7 @@ import os
 import pytest
 
 from fastproxy.datagram import (
+    RESPONSE_DESTINATION_UNREACHABLE,
     RESPONSE_OK,
     RESPONSE_TOO_MANY_ACTIVE_FLOWS,
     RegistrationResponse,
@@ -114,7 +115,10 @@ def test_bad_token_no_token_and_wrong_pin_are_rejected_and_nothing_is_routed() -
             client, _, inbox = await dial_client(edge)
             client.send_datagrams([encode_udp_registration(os.urandom(16), bytes([127, 0, 0, 1]), port, 30, payload=b"x")])
             await wait_for(lambda: edge.router.drops["no_route"] == 1)
-            assert echo.received == [] and inbox.items == []
+            await inbox.wait(1)  # refused by the edge at once: nothing serves 127.0.0.1
+            refusal = decode_datagram(inbox.items[0])
+            assert echo.received == [] and len(inbox.items) == 1
+            assert isinstance(refusal, RegistrationResponse) and refusal.code == RESPONSE_DESTINATION_UNREACHABLE
             await bad.close()
 
     run(body)
@@ -276,7 +280,13 @@ def test_spoofed_and_out_of_policy_icmp_are_dropped_and_counted() -> None:
             ])
             await wait_for(lambda: sum(edge.router.drops.values()) == 3)
             assert edge.router.drops == {"spoofed_source": 1, "policy_denied": 2}
-            assert inbox.items == []
+            # The spoofed packet gets nothing; the other two are told: ICMP Destination
+            # Unreachable (administratively prohibited) and a refused registration.
+            icmp, refusal = sorted(await inbox.wait(2))
+            assert IP(icmp[1:])[ICMP].type == 3 and IP(icmp[1:])[ICMP].code == 13
+            assert decode_datagram(refusal).code == RESPONSE_DESTINATION_UNREACHABLE
+            await asyncio.sleep(0.1)
+            assert len(inbox.items) == 2
             await connector.close()
 
     run(body)

@@ -15,9 +15,10 @@ packet that fits goes on, one that does not is a counted drop (``tun_too_big``),
 once per flow, and answered as a router at the device's far end would: Fragmentation
 Needed (v4) / Packet Too Big (v6) carrying the tunnel MTU, so ``ping`` says "Frag needed
 and DF set (mtu = 1280)" instead of losing it silently. A reassembly that times out with
-its first fragment in hand is answered with Time Exceeded (fragment reassembly, code 1). A UDP flow whose session is
-refused as unreachable (no connector serves it, or the policy forbids it) is answered
-with Destination Unreachable (net unreachable), so the program's socket fails at once.
+its first fragment in hand is answered with Time Exceeded (fragment reassembly, code 1).
+A UDP flow whose session is refused as unreachable (no connector serves it, or the
+policy forbids it) is answered with Destination Unreachable (net unreachable), so a
+socket that asks for errors (IP_RECVERR) fails at once.
 These answers come from 192.0.0.8, the IPv4 dummy address meant for exactly this
 (RFC 7600), and fe80::1 (a link-local address of the device's far end), at most
 ``icmp_rate`` a second.

@@ -180,7 +180,11 @@ def test_forward_udp_oversize_is_counted_and_logged_and_unserved_is_refused(netw
 
 
 def test_edge_metrics_count_the_answers(network: Network) -> None:
-    topo, *_ = network
+    topo, workdir, _ = network
+    edge_log = Path(f"{workdir}/edge.log").read_text()
+    # Addresses print as people write them, IPv6 in brackets; a normal disconnect is INFO.
+    assert "edge listening on [::]:4433" in edge_log and "metrics at http://127.0.0.1:9464/metrics" in edge_log
+    assert "Native peer close" not in edge_log and "WARNING" not in edge_log, edge_log
     topo.run("user", "ping", "-n", "-c", "1", "-W", "2", UNSERVED4, check=False)
     scrape = topo.run("edge", "curl", "-sS", "http://127.0.0.1:9464/metrics").stdout
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

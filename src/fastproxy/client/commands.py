@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..config import ConfigError, add_config_argument, apply_config, host_port_arg
-from ..logs import add_logging_arguments, configure_logging
+from ..logs import add_logging_arguments, configure_logging, format_address
 
 __all__ = ["add_client_commands"]
 
@@ -160,7 +160,7 @@ async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Calla
     registry = create_registry(clients=[client])
     rtt = ClientMetrics(registry)
     server = await serve_metrics(registry, *args.metrics)
-    log.info("metrics at http://%s:%d/metrics", *args.metrics)
+    log.info("metrics at http://%s/metrics", format_address(args.metrics))
     try:
         yield rtt.observe_rtt
     finally:
@@ -241,7 +241,8 @@ def _run_forward(args: argparse.Namespace) -> int:
                     forward = UdpForward(client, await _resolve(*remote))
                     forwards.append(forward)
                     bound = await forward.start(*local)
-                    log.info("forwarding udp %s:%d -> %s:%d through the tunnel", *bound, *forward.remote)
+                    log.info("forwarding udp %s -> %s through the tunnel", format_address(bound),
+                             format_address(forward.remote))
                 await stop.wait()
             finally:
                 for forward in forwards:

@@ -117,9 +117,9 @@ class UdpForward(asyncio.DatagramProtocol):
         self.drops["forward_payload_too_large"] += 1
         if not peer.told_too_large:  # once per peer: the counter says how many followed
             peer.told_too_large = True
-            log.warning("dropping a %d-byte datagram from %s to %s:%d: the tunnel carries at most %d bytes "
+            log.warning("dropping a %d-byte datagram from %s to %s: the tunnel carries at most %d bytes "
                         "of UDP payload (further drops for this peer are only counted)",
-                        size, format_address(peer.address), *self.remote, MAX_DATAGRAM_PAYLOAD,
+                        size, format_address(peer.address), format_address(self.remote), MAX_DATAGRAM_PAYLOAD,
                         extra={"event": "udp_payload_too_large", "peer": format_address(peer.address),
                                "size": size, "limit": MAX_DATAGRAM_PAYLOAD})
 
@@ -128,7 +128,7 @@ class UdpForward(asyncio.DatagramProtocol):
             session = await self._opener.open_udp(*self.remote)
         # asyncio.TimeoutError (an unanswered registration): not the builtin one on 3.10.
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
-            log.warning("cannot open a UDP session to %s:%d for %s: %s", *self.remote,
+            log.warning("cannot open a UDP session to %s for %s: %s", format_address(self.remote),
                         format_address(peer.address), exc,
                         extra={"event": "udp_session_refused", "peer": format_address(peer.address),
                                "reason": str(exc)})
@@ -136,7 +136,7 @@ class UdpForward(asyncio.DatagramProtocol):
             self._peers.pop(peer.address, None)
             return
         self.stats["sessions_opened"] += 1
-        log.debug("UDP session to %s:%d for %s", *self.remote, format_address(peer.address))
+        log.debug("UDP session to %s for %s", format_address(self.remote), format_address(peer.address))
         peer.session = session
         for data in peer.pending:
             session.send(data)

@@ -45,6 +45,7 @@ from ..datagram import (
     encode_udp_registration,
 )
 from ..errors import FastproxyError, MalformedDatagram
+from ..logs import format_address
 from . import quic
 from .control import ROLE_CLIENT, Network
 from .dial import Backoff, TunnelRejected, dial
@@ -199,8 +200,6 @@ class UdpSession:
     @property
     def target(self) -> str:
         """The destination as ``HOST:PORT`` (``[V6]:PORT``)."""
-        from ..logs import format_address
-
         return format_address((str(self.destination), self.port))
 
 
@@ -398,7 +397,8 @@ class Client:
                     self.last_error = exc
                     self.stats["connect_failures"] += 1
                     level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
-                    log.log(level, "cannot reconnect to the edge %s:%d: %s", self.edge_host, self.edge_port, exc)
+                    log.log(level, "cannot reconnect to the edge %s: %s",
+                            format_address((self.edge_host, self.edge_port)), exc)
                     continue
                 backoff.connected()
                 self.stats["reconnects"] += 1

@@ -15,7 +15,7 @@ import os
 import signal
 
 from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, network_arg
-from ..logs import add_logging_arguments, configure_logging
+from ..logs import add_logging_arguments, configure_logging, format_address
 from .edge import Network
 
 __all__ = ["add_tunnel_commands", "client_policies", "resolve_tokens"]
@@ -216,7 +216,7 @@ def _run_edge(args: argparse.Namespace) -> int:
             await edge.start(*args.listen)
         except OSError as exc:
             raise SystemExit(f"fastproxy edge: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}") from None
-        log.info("edge listening on %s:%d", args.listen[0], edge.port)
+        log.info("edge listening on %s", format_address((args.listen[0], edge.port)))
         metrics = await _start_metrics(args.metrics, edge=edge)
         await stop.wait()
         if metrics is not None:
@@ -267,5 +267,5 @@ async def _start_metrics(address: tuple[str, int] | None, **objects: object) -> 
     from ..metrics import create_registry, serve_metrics
 
     server = await serve_metrics(create_registry(**objects), *address)  # type: ignore[arg-type]
-    log.info("metrics at http://%s:%d/metrics", address[0], server.sockets[0].getsockname()[1])
+    log.info("metrics at http://%s/metrics", format_address((address[0], server.sockets[0].getsockname()[1])))
     return server

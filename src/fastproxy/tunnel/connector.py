@@ -171,7 +171,7 @@ class Connector:
                 self.last_error = exc
                 self.stats["connect_failures"] += 1
                 level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
-                log.log(level, "cannot connect to the edge %s:%d: %s", self.edge_host, self.edge_port, exc)
+                log.log(level, "cannot connect to the edge %s: %s", format_address((self.edge_host, self.edge_port)), exc)
             self._drop_connection()
             await asyncio.sleep(backoff.next_delay())
 
@@ -196,7 +196,7 @@ class Connector:
             closed.set()
             return
         self.stats["connections"] += 1
-        log.info("connected to the edge %s:%d, serving %s", self.edge_host, self.edge_port,
+        log.info("connected to the edge %s, serving %s", format_address((self.edge_host, self.edge_port)),
                  ", ".join(map(str, self.routes)),
                  extra={"event": "connect", "peer": format_address((self.edge_host, self.edge_port)),
                         "role": ROLE_CONNECTOR, "prefixes": [str(p) for p in self.routes]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import io
 import ipaddress
 from collections.abc import Callable
@@ -64,10 +65,12 @@ class FakeTunnel:
         self.address_v6 = V6 if v6 else None
         self.prefixes = (ipaddress.ip_network("0.0.0.0/0"),)
         self.sent: list[bytes] = []
+        self.batches: list[int] = []  # how many packets each send_packets call carried
         self._ready: list[bytes] = []
         self._event = asyncio.Event()
 
     def send_packets(self, packets: list[bytes]) -> None:
+        self.batches.append(len(packets))
         for packet in packets:
             self.sent.append(packet)
             info = parse_packet(packet)
@@ -242,7 +245,11 @@ def test_traceroute_lists_every_hop_then_stops() -> None:
         " 3  198.51.100.1  1.500 ms  1.500 ms  1.500 ms\n"
         " 4  203.0.113.8  2.000 ms  2.000 ms  2.000 ms\n"
     )
-    assert [parse_packet(p).ttl for p in tunnel.sent] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    # As traceroute: 16 probes at once (-N 16), hop after hop; none beyond the target once it answered.
+    assert tunnel.batches[0] == 16
+    assert [parse_packet(p).ttl for p in tunnel.sent[:16]] == [t for t in range(1, 6) for _ in range(3)] + [6]
+    # Each answer from hops 1-3 let one more go before the target's replies ended the run.
+    assert len(tunnel.sent) == 16 + 9
 
 
 def test_traceroute_silent_hop_and_max_hops() -> None:
@@ -265,7 +272,8 @@ def test_traceroute_partial_answers_and_unreachable_flag() -> None:
 
 
 def test_traceroute_report_table() -> None:
-    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: ttl == 2 and seq // 30 % 2 == 1)
+    hop2_probes = itertools.count()
+    tunnel = FakeTunnel(FakeTime(), PATH4, lose=lambda ttl, seq: ttl == 2 and next(hop2_probes) % 2 == 1)
     status, text = run_trace(tunnel, "203.0.113.8", report=True, cycles=4, wait=1.0)
     assert status == 0
     assert text == (

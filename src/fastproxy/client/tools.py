@@ -586,6 +586,8 @@ async def ping(
                     break
         while not listener.answers.empty():
             report(listener.answers.get_nowait())
+    if deadline_at is not None and clock() >= deadline_at:
+        finish = deadline_at  # iputils: the time of a run the deadline ended is the deadline
     _print_ping_summary(shown, stats, finish - start, out, ewma if flood or interval <= 0 else None)
     short = deadline_at is not None and count is not None and stats.received < count
     return EXIT_OK if stats.received and not short else EXIT_NO_REPLY

@@ -118,3 +118,32 @@ def test_every_tool_option_has_help(command: str) -> None:
         assert "the most hops (largest TTL) to probe" in text
         for flag in ("-n ", "-I ", "-N SQUERIES", "-p PORT", "--json"):
             assert flag in text
+
+
+@pytest.mark.parametrize("command", ["traceroute", "ping"])
+def test_ctrl_c_while_dialling_stops_at_once(command: str) -> None:
+    """An edge that does not answer: Ctrl-C ends the tool at once (130), not after the
+    10 s connect timeout, and with no traceback."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastproxy", command, "--edge", f"127.0.0.1:{silent.getsockname()[1]}",
+             "--token", "t", "--insecure", "127.0.0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+        try:
+            time.sleep(2.5)  # Python start-up, then dialling
+            assert process.poll() is None, process.communicate()
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            out, errors = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert time.monotonic() - interrupted < 3
+    assert process.returncode == 130, out + errors
+    assert "Traceback" not in errors and "never retrieved" not in errors, errors

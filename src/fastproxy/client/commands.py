@@ -227,6 +227,33 @@ async def _connect(args: argparse.Namespace, **options: Any) -> AsyncIterator[An
 
 
 @contextlib.asynccontextmanager
+async def _connect_unless_stopped(args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[Any]:
+    """As :func:`_connect`, but Ctrl-C while still dialling gives up the dial at once and
+    yields None (the tools stop at once, as traceroute and mtr do, even before the edge answered)."""
+    connection = _connect(args)
+    entering = asyncio.ensure_future(connection.__aenter__())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({entering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not entering.done():
+        entering.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError, asyncio.TimeoutError):
+            await entering
+        yield None
+        return
+    client = entering.result()
+    try:
+        yield client
+    except BaseException as exc:
+        if not await connection.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await connection.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
 async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Callable[[float], None] | None]:
     """With ``--metrics HOST:PORT``: serve the client's counters (and the RTT histogram whose
     observe function this yields) at /metrics; without it, yield None."""
@@ -298,7 +325,7 @@ def _resolver(command: str, text: str | None) -> Any:
 def _run_ping(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .tools import check_ping_flags, ping
+    from .tools import EXIT_INTERRUPTED, check_ping_flags, ping
 
     _settings(args)
     options = _checked("ping", lambda: check_ping_flags(
@@ -308,9 +335,12 @@ def _run_ping(args: argparse.Namespace) -> int:
     resolver = _resolver("ping", args.resolver)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client, _metrics(args, client) as on_rtt:
-            return await ping(client, args.host, **dataclasses.asdict(options), resolver=resolver, out=sys.stdout,
-                              err=sys.stderr, stop=stop, on_rtt=on_rtt)
+        async with _connect_unless_stopped(args, stop) as client:
+            if client is None:
+                return EXIT_INTERRUPTED
+            async with _metrics(args, client) as on_rtt:
+                return await ping(client, args.host, **dataclasses.asdict(options), resolver=resolver,
+                                  out=sys.stdout, err=sys.stderr, stop=stop, on_rtt=on_rtt)
 
     return _run(args, main)
 
@@ -318,7 +348,7 @@ def _run_ping(args: argparse.Namespace) -> int:
 def _run_traceroute(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .tools import check_traceroute_flags, traceroute
+    from .tools import EXIT_INTERRUPTED, check_traceroute_flags, traceroute
 
     _settings(args)
     options = _checked("traceroute", lambda: check_traceroute_flags(
@@ -328,9 +358,12 @@ def _run_traceroute(args: argparse.Namespace) -> int:
     resolver = _resolver("traceroute", args.resolver)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client, _metrics(args, client):
-            return await traceroute(client, args.host, **dataclasses.asdict(options), resolver=resolver,
-                                    out=sys.stdout, err=sys.stderr, stop=stop)
+        async with _connect_unless_stopped(args, stop) as client:
+            if client is None:
+                return EXIT_INTERRUPTED
+            async with _metrics(args, client):
+                return await traceroute(client, args.host, **dataclasses.asdict(options), resolver=resolver,
+                                        out=sys.stdout, err=sys.stderr, stop=stop)
 
     return _run(args, main)
 

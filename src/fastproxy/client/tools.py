@@ -780,6 +780,8 @@ async def traceroute(
 
 @dataclass
 class _ProbeArgs:
+    """What every round of probes of one traceroute run shares."""
+
     tunnel: PacketTunnel
     source: IpAddress
     target: IpAddress

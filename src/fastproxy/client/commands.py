@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import ConfigError, add_config_argument, apply_config, host_port_arg
 from ..logs import add_logging_arguments, configure_logging, format_address
@@ -22,6 +22,7 @@ __all__ = ["add_client_commands"]
 log = logging.getLogger("fastproxy.client")
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
+T = TypeVar("T")
 
 
 def _connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,31 @@ def _connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", type=host_port_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics")
     add_logging_arguments(parser)
+
+
+_NAMES = ("Host names are resolved on this machine, by its own resolver (/etc/hosts, its DNS servers), not in "
+          "the private network; --resolver IP asks a DNS server inside the private network instead, through the "
+          "tunnel.")
+
+
+def _wrap(text: str) -> str:
+    """Paragraphs (blank-line separated) filled to 88 columns: the formatter keeps the
+    epilog's example lines as written, so descriptions are filled here."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(paragraph, 88) for paragraph in text.split("\n\n"))
+
+
+def _resolver_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resolver", metavar="IP",
+                        help="resolve HOST with the DNS server at IP inside the private network (UDP port 53), "
+                        "asked through the tunnel (default: this machine's resolver)")
+
+
+def _numbers_are_arguments(parser: argparse.ArgumentParser) -> None:
+    """Let ``-c -1`` reach our checks: with options named -4/-6, argparse would take any
+    negative number for an option and say only 'expected one argument'."""
+    parser._has_negative_number_optionals.clear()
 
 
 def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,42 +83,94 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     ping = commands.add_parser(
         "ping", formatter_class=_FORMATTER,
         help="ping a private host through the tunnel (no root, no TUN)",
-        description="Send ICMP echo requests through the tunnel and print the answers as iputils ping does. "
-        "Exit status: 0 when replies came, 1 when none did, 2 on errors.",
+        description=_wrap("Send ICMP echo requests through the tunnel and print the answers as iputils ping does, "
+        "with its flags, checks and messages. Exit status: 0 when replies came, 1 when none did (or, with -w "
+        "and -c, fewer than COUNT), 2 on errors. Ctrl-C stops it and prints the summary.\n\n" + _NAMES),
         epilog="examples:\n"
         "  fastproxy ping --edge gw.example.net:4433 --token env:FP_TOKEN --pin 3f2a... 10.0.0.8\n"
         "  fastproxy ping --config fastproxy.toml -c 5 -i 0.2 -s 1000 10.0.0.8\n"
-        "  fastproxy ping --config fastproxy.toml -t 2 10.0.0.8      # see which hop answers at TTL 2",
+        "  fastproxy ping --config fastproxy.toml -t 2 10.0.0.8      # see which hop answers at TTL 2\n"
+        "  fastproxy ping --config fastproxy.toml '[fd12::8]'        # IPv6 literals with or without brackets\n"
+        "  fastproxy ping --config fastproxy.toml --resolver 10.0.0.53 db.internal.example\n"
+        "  sudo fastproxy ping --config fastproxy.toml -f -c 1000 10.0.0.8   # flood: root or CAP_NET_RAW",
     )
     _connection_arguments(ping)
-    ping.add_argument("host", metavar="HOST")
-    ping.add_argument("-c", dest="count", type=int, metavar="COUNT", help="stop after COUNT requests")
-    ping.add_argument("-i", dest="interval", type=float, default=1.0, metavar="INTERVAL",
-                      help="seconds between requests (default 1)")
-    ping.add_argument("-t", dest="ttl", type=int, default=64, metavar="TTL", help="IP time to live (default 64)")
-    ping.add_argument("-s", dest="size", type=int, default=56, metavar="SIZE", help="data bytes (default 56)")
-    ping.add_argument("-W", dest="timeout", type=float, default=10.0, metavar="TIMEOUT",
-                      help="seconds to wait for the last replies (default 10)")
+    ping.add_argument("host", metavar="HOST", help="an IP address ([v6] brackets allowed) or a name (see above)")
+    # The numbers are taken as text and checked as iputils checks them, with its messages.
+    ping.add_argument("-c", dest="count", metavar="COUNT", help="stop after COUNT requests (with -w: COUNT replies)")
+    ping.add_argument("-i", dest="interval", metavar="INTERVAL",
+                      help="seconds between requests (default 1; below 0.002 only for root or CAP_NET_RAW)")
+    ping.add_argument("-t", dest="ttl", metavar="TTL", help="IP time to live, 1-255 (default 64)")
+    ping.add_argument("-s", dest="size", metavar="SIZE",
+                      help="data bytes (default 56; at most 1252 over IPv4, 1232 over IPv6: the tunnel's MTU)")
+    ping.add_argument("-W", dest="timeout", metavar="TIMEOUT",
+                      help="seconds to wait for the last reply (default 10)")
+    ping.add_argument("-w", dest="deadline", metavar="DEADLINE",
+                      help="stop after DEADLINE seconds however many requests went out (with -c: once COUNT "
+                      "replies came)")
+    ping.add_argument("-p", dest="pattern", metavar="PATTERN",
+                      help="fill the data with these bytes, in hex (up to 16 bytes, e.g. -p ff00)")
+    ping.add_argument("-f", dest="flood", action="store_true",
+                      help="flood: the next request as soon as the reply is in (or 100 a second); prints a dot "
+                      "per request and erases it per reply; root or CAP_NET_RAW only, as with iputils")
+    ping.add_argument("-D", dest="timestamps", action="store_true",
+                      help="start each line with the Unix time [seconds.microseconds]")
+    ping.add_argument("-q", dest="quiet", action="store_true", help="quiet: only the first line and the summary")
+    ping.add_argument("-n", dest="numeric", action="store_true",
+                      help="numeric output (always so: fastproxy does no reverse lookups; accepted as in iputils)")
+    ping.add_argument("-O", dest="outstanding", action="store_true",
+                      help="say 'no answer yet for icmp_seq=N' when a request is unanswered as the next one goes")
+    ping.add_argument("-4", dest="v4", action="store_true", help="IPv4 only (resolve HOST to an IPv4 address)")
+    ping.add_argument("-6", dest="v6", action="store_true", help="IPv6 only (resolve HOST to an IPv6 address)")
+    _resolver_argument(ping)
+    _numbers_are_arguments(ping)
     ping.set_defaults(run=_run_ping, config_section="client")
 
     trace = commands.add_parser(
         "traceroute", formatter_class=_FORMATTER,
         help="trace the path to a private host through the tunnel (no root, no TUN)",
-        description="Send ICMP echo requests with growing TTL and print each hop as traceroute -n does: the "
-        "edge, the connector and every router behind it. --report prints an mtr-style table instead.",
+        description=_wrap("Send ICMP echo requests with growing TTL and print each hop as traceroute -I -n does: the "
+        "edge, the connector and every router behind it. Probes go out in parallel (-N at once, 16 by default, "
+        "as traceroute), so silent hops cost one wait per batch, and each hop's row is printed as soon as it is "
+        "complete. --report prints an mtr-style table instead, --json the same as mtr --json does. Ctrl-C stops "
+        "it at once and prints what it has (exit status 130). Exit status: 0 when the target answered, 1 when "
+        "not, 2 on errors.\n\n" + _NAMES),
         epilog="examples:\n"
         "  fastproxy traceroute --edge gw.example.net:4433 --token env:FP_TOKEN --pin 3f2a... 10.0.0.8\n"
-        "  fastproxy traceroute --config fastproxy.toml --report -c 10 10.0.0.8",
+        "  fastproxy traceroute --config fastproxy.toml -q 1 -w 1 -m 15 10.0.0.8\n"
+        "  fastproxy traceroute --config fastproxy.toml --report -c 10 10.0.0.8\n"
+        "  fastproxy traceroute --config fastproxy.toml --json -c 5 10.0.0.8 | jq '.report.hubs[].host'",
     )
     _connection_arguments(trace)
-    trace.add_argument("host", metavar="HOST")
-    trace.add_argument("-m", dest="max_hops", type=int, default=30, metavar="MAX_HOPS", help="default 30")
-    trace.add_argument("-q", dest="queries", type=int, default=3, metavar="QUERIES", help="probes per hop (default 3)")
+    trace.add_argument("host", metavar="HOST", help="an IP address ([v6] brackets allowed) or a name (see above)")
+    trace.add_argument("-n", dest="numeric", action="store_true",
+                       help="print hop addresses numerically, as traceroute -n does (always so: fastproxy does no "
+                       "reverse lookups)")
+    trace.add_argument("-I", dest="icmp", action="store_true",
+                       help="use ICMP echo probes, as traceroute -I does (always so: fastproxy's probes are ICMP)")
+    trace.add_argument("-f", dest="first_ttl", type=int, default=1, metavar="FIRST_TTL",
+                       help="start from this TTL (hop) instead of 1")
+    trace.add_argument("-m", dest="max_hops", type=int, default=30, metavar="MAX_TTL",
+                       help="the most hops (largest TTL) to probe before giving up, 1-255 (default 30)")
+    trace.add_argument("-q", dest="queries", type=int, default=3, metavar="NQUERIES",
+                       help="probes per hop, 1-10 (default 3)")
     trace.add_argument("-w", dest="wait", type=float, default=3.0, metavar="WAIT",
                        help="seconds to wait for a probe's answer (default 3)")
-    trace.add_argument("--report", action="store_true", help="mtr-style table: Loss%%, Snt, Last, Avg, Best, Wrst, StDev")
-    trace.add_argument("-c", dest="cycles", type=int, default=10, metavar="COUNT",
-                       help="rounds of probes with --report (default 10)")
+    trace.add_argument("-N", dest="in_flight", type=int, default=16, metavar="SQUERIES",
+                       help="probes in flight at once (default 16, as traceroute)")
+    trace.add_argument("-p", dest="port", type=int, metavar="PORT",
+                       help="accepted and ignored: ICMP echo probes have no port (traceroute's -p is for UDP/TCP)")
+    trace.add_argument("-4", dest="v4", action="store_true", help="IPv4 only (resolve HOST to an IPv4 address)")
+    trace.add_argument("-6", dest="v6", action="store_true", help="IPv6 only (resolve HOST to an IPv6 address)")
+    trace.add_argument("--report", action="store_true",
+                       help="mtr-style table after -c rounds: Loss%%, Snt, Last, Avg, Best, Wrst, StDev")
+    trace.add_argument("--json", dest="json_output", action="store_true",
+                       help="the --report table as JSON, with mtr --json's layout and key names (report.mtr, "
+                       "report.hubs[]: count, host, Loss%%, Snt, Last, Avg, Best, Wrst, StDev)")
+    trace.add_argument("-c", dest="cycles", type=int, metavar="COUNT",
+                       help="rounds of probes with --report or --json (default 10); an error without them")
+    _resolver_argument(trace)
+    _numbers_are_arguments(trace)
     trace.set_defaults(run=_run_traceroute, config_section="client")
 
     forward = commands.add_parser(
@@ -149,6 +227,33 @@ async def _connect(args: argparse.Namespace, **options: Any) -> AsyncIterator[An
 
 
 @contextlib.asynccontextmanager
+async def _connect_unless_stopped(args: argparse.Namespace, stop: asyncio.Event) -> AsyncIterator[Any]:
+    """As :func:`_connect`, but Ctrl-C while still dialling gives up the dial at once and
+    yields None (the tools stop at once, as traceroute and mtr do, even before the edge answered)."""
+    connection = _connect(args)
+    entering = asyncio.ensure_future(connection.__aenter__())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({entering, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not entering.done():
+        entering.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError, asyncio.TimeoutError):
+            await entering
+        yield None
+        return
+    client = entering.result()
+    try:
+        yield client
+    except BaseException as exc:
+        if not await connection.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await connection.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
 async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Callable[[float], None] | None]:
     """With ``--metrics HOST:PORT``: serve the client's counters (and the RTT histogram whose
     observe function this yields) at /metrics; without it, yield None."""
@@ -189,28 +294,76 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
 # -- the commands -------------------------------------------------------------------
 
 
+def _checked(command: str, check: Callable[[], T]) -> T:
+    """``check()``, or exit 2 with its ToolError as ``fastproxy COMMAND: message`` (before dialling the edge)."""
+    from .tools import ToolError
+
+    try:
+        return check()
+    except ToolError as exc:
+        print(f"fastproxy {command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _resolver(command: str, text: str | None) -> Any:
+    """``--resolver IP`` as an address (brackets allowed), or exit 2 saying what is wrong."""
+    from .tools import ToolError, literal_address
+
+    if text is None:
+        return None
+
+    def check() -> Any:
+        address = literal_address(text)
+        if address is None:
+            raise ToolError(f"--resolver {text}: not an IP address (give the DNS server's address in the private "
+                            "network, e.g. --resolver 10.0.0.53)")
+        return address
+
+    return _checked(command, check)
+
+
 def _run_ping(args: argparse.Namespace) -> int:
-    from .tools import ping
+    import dataclasses
+
+    from .tools import EXIT_INTERRUPTED, check_ping_flags, ping
 
     _settings(args)
+    options = _checked("ping", lambda: check_ping_flags(
+        args.host, count=args.count, interval=args.interval, ttl=args.ttl, size=args.size, timeout=args.timeout,
+        deadline=args.deadline, pattern=args.pattern, flood=args.flood, quiet=args.quiet,
+        timestamps=args.timestamps, outstanding=args.outstanding, v4=args.v4, v6=args.v6))
+    resolver = _resolver("ping", args.resolver)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client, _metrics(args, client) as on_rtt:
-            return await ping(client, args.host, count=args.count, interval=args.interval, ttl=args.ttl,
-                              size=args.size, timeout=args.timeout, out=sys.stdout, stop=stop, on_rtt=on_rtt)
+        async with _connect_unless_stopped(args, stop) as client:
+            if client is None:
+                return EXIT_INTERRUPTED
+            async with _metrics(args, client) as on_rtt:
+                return await ping(client, args.host, **dataclasses.asdict(options), resolver=resolver,
+                                  out=sys.stdout, err=sys.stderr, stop=stop, on_rtt=on_rtt)
 
     return _run(args, main)
 
 
 def _run_traceroute(args: argparse.Namespace) -> int:
-    from .tools import traceroute
+    import dataclasses
+
+    from .tools import EXIT_INTERRUPTED, check_traceroute_flags, traceroute
 
     _settings(args)
+    options = _checked("traceroute", lambda: check_traceroute_flags(
+        args.host, first_ttl=args.first_ttl, max_hops=args.max_hops, queries=args.queries, wait=args.wait,
+        in_flight=args.in_flight, report=args.report, json_output=args.json_output, cycles=args.cycles,
+        v4=args.v4, v6=args.v6))
+    resolver = _resolver("traceroute", args.resolver)
 
     async def main(stop: asyncio.Event) -> int:
-        async with _connect(args) as client, _metrics(args, client):
-            return await traceroute(client, args.host, max_hops=args.max_hops, queries=args.queries, wait=args.wait,
-                                    report=args.report, cycles=args.cycles, out=sys.stdout)
+        async with _connect_unless_stopped(args, stop) as client:
+            if client is None:
+                return EXIT_INTERRUPTED
+            async with _metrics(args, client):
+                return await traceroute(client, args.host, **dataclasses.asdict(options), resolver=resolver,
+                                        out=sys.stdout, err=sys.stderr, stop=stop)
 
     return _run(args, main)
 

@@ -19,6 +19,16 @@ Routing (DESIGN sections 1, 2, 4):
   payloads and responses (0x03) back to the client. When a session's connector goes
   away, the next client payload re-registers the session on another connector.
 Every drop is counted in ``EdgeRouter.drops`` under a stable reason.
+
+Living routes (control protocol version 2, DESIGN section 9): what a client may reach is
+what is announced now, within its policy (``reachable``). Whenever that set changes for
+a client that speaks version 2 — a connector announces, announces again (its new set
+replaces the old), goes away while no other serves its prefixes, or the configuration
+is reloaded (``reconfigure``) — the router records a RouteUpdate with the client's whole
+new set; the glue sends what ``take_route_updates`` returns. A connector taking over a
+prefix from one that left changes nothing a client sees, so nothing is sent. Version-1
+clients get what they always got (their policy, or what was announced when they
+connected) in their WELCOME only.
 """
 
 from __future__ import annotations
@@ -56,7 +66,9 @@ from .control import (
     Error,
     Hello,
     Network,
+    RouteUpdate,
     Welcome,
+    negotiate,
 )
 
 __all__ = ["DEFAULT_CLIENT_POOLS", "EdgeConfig", "EdgeRouter", "Network", "Outbound"]
@@ -202,6 +214,35 @@ def _in_prefixes(address: bytes, prefixes: tuple[Network, ...]) -> bool:
     return any(ip.version == p.version and ip in p for p in prefixes)
 
 
+def canonical_prefixes(prefixes: Iterable[Network]) -> tuple[Network, ...]:
+    """``prefixes`` collapsed (a prefix inside another goes; adjacent halves merge) and
+    sorted, IPv4 first: one spelling for each set, so two sets compare equal when they
+    cover the same addresses."""
+    by_family: dict[int, list[Network]] = {4: [], 6: []}
+    for prefix in prefixes:
+        by_family[prefix.version].append(prefix)
+    result: list[Network] = []
+    for version in (4, 6):
+        result.extend(sorted(ipaddress.collapse_addresses(by_family[version])))  # type: ignore[arg-type]
+    return tuple(result)
+
+
+def intersect_prefixes(announced: Iterable[Network], policy: Iterable[Network]) -> tuple[Network, ...]:
+    """The addresses inside both sets, as canonical prefixes: of two prefixes that
+    overlap, the longer one lies inside the other (prefixes nest or are disjoint)."""
+    policy = tuple(policy)
+    common: list[Network] = []
+    for prefix in announced:
+        for allowed in policy:
+            if prefix.version != allowed.version:
+                continue
+            if prefix.subnet_of(allowed):  # type: ignore[arg-type]
+                common.append(prefix)
+            elif allowed.subnet_of(prefix):  # type: ignore[arg-type]
+                common.append(allowed)
+    return canonical_prefixes(common)
+
+
 @dataclass
 class _Client:
     conn_id: int
@@ -210,6 +251,16 @@ class _Client:
     allowed: tuple[Network, ...] | None  # None: every announced route
     token_key: bytes = b""
     sessions: set[bytes] = field(default_factory=set)
+    token: str = ""  # to re-check it when the configuration is reloaded
+    version: int = 1  # control protocol version of its connection
+    routes: tuple[Network, ...] = ()  # the set it was last told (version 2)
+
+
+@dataclass
+class _Connector:
+    token: str
+    version: int
+    prefixes: tuple[Network, ...] | None = None  # None until its first announce
 
 
 @dataclass
@@ -238,7 +289,8 @@ class EdgeRouter:
             self._pools[pool.network.version] = pool
         self._clients: dict[int, _Client] = {}
         self._client_by_address: dict[bytes, int] = {}
-        self._connectors: dict[int, tuple[Network, ...]] = {}
+        self._connectors: dict[int, _Connector] = {}  # authenticated; announced once prefixes is set
+        self._route_updates: dict[int, RouteUpdate] = {}
         self._routes = _PrefixTable()
         self._sessions: dict[bytes, _Session] = {}
         # Last addresses given to each client token (by digest): a client that reconnects
@@ -270,11 +322,11 @@ class EdgeRouter:
             reason = "missing_token" if not hello.token else "bad_token"
             self.auth_failures[f"{hello.role}_{reason}"] += 1
             return Error(ERROR_AUTHENTICATION_FAILED, f"authentication failed: {reason.replace('_', ' ')}")
+        version = negotiate(hello.version)
         if hello.role == ROLE_CONNECTOR:
-            return Welcome(None, None, ())
-        allowed = self.config.client_tokens[token]
-        if allowed is None and self.config.client_allow:
-            allowed = self.config.client_allow
+            self._connectors[conn_id] = _Connector(token, version)
+            return Welcome(None, None, (), version=version)
+        allowed = self._policy(token)
         token_key = hashlib.sha256(token.encode("utf-8")).digest()
         # Each connection takes pool addresses: one token must not be able to use them all up.
         limit = self.config.max_connections_per_token
@@ -290,39 +342,113 @@ class EdgeRouter:
             self.auth_failures["pool_exhausted"] += 1
             return Error(ERROR_PROTOCOL, str(exc))
         self._last_addresses[token_key] = (v4, v6)
-        client = _Client(conn_id, v4, v6, allowed, token_key)
+        client = _Client(conn_id, v4, v6, allowed, token_key, token=token, version=version)
         self._clients[conn_id] = client
         for address in (v4, v6):
             if address is not None:
                 self._client_by_address[address] = conn_id
+        if version >= 2:
+            client.routes = prefixes = self.reachable(conn_id)
+        else:  # what version 1 always gave: the policy itself, else what is announced now
+            prefixes = allowed if allowed is not None else self._routes.prefixes()
         return Welcome(
             ipaddress.IPv4Address(v4) if v4 else None,
             ipaddress.IPv6Address(v6) if v6 else None,
-            allowed if allowed is not None else self._routes.prefixes(),
+            prefixes,
+            version=version,
         )
 
+    def _policy(self, token: str) -> tuple[Network, ...] | None:
+        """What a client with ``token`` may reach under the current config (None: anything)."""
+        allowed = self.config.client_tokens[token]
+        if allowed is None and self.config.client_allow:
+            allowed = self.config.client_allow
+        return allowed
+
     def announce(self, conn_id: int, announce: Announce) -> Welcome:
-        """Register an authenticated connector and the prefixes it serves."""
-        self._connectors[conn_id] = announce.prefixes
+        """Register the prefixes an authenticated connector serves. Again from the same
+        connector (version 2), the new set replaces the old one. Clients whose reachable
+        set changes get a RouteUpdate (``take_route_updates``)."""
+        connector = self._connectors[conn_id]
+        if connector.prefixes is not None:
+            self._routes.remove_connector(conn_id)
+        connector.prefixes = announce.prefixes
         for prefix in announce.prefixes:
             self._routes.add(prefix, conn_id)
-        return Welcome(None, None, announce.prefixes)
+        self._refresh_routes()
+        return Welcome(None, None, announce.prefixes, version=connector.version)
+
+    def reachable(self, conn_id: int) -> tuple[Network, ...]:
+        """What client ``conn_id`` may reach now: the announced prefixes within its
+        policy, canonical (see ``canonical_prefixes``)."""
+        client = self._clients[conn_id]
+        announced = self._routes.prefixes()
+        if client.allowed is None:
+            return canonical_prefixes(announced)
+        return intersect_prefixes(announced, client.allowed)
+
+    def _refresh_routes(self) -> None:
+        for conn_id, client in self._clients.items():
+            if client.version < 2:
+                continue
+            routes = self.reachable(conn_id)
+            if routes != client.routes:
+                client.routes = routes
+                self._route_updates[conn_id] = RouteUpdate(routes)
+
+    def take_route_updates(self) -> dict[int, RouteUpdate]:
+        """The RouteUpdate each client must be sent (by client id) since the last call:
+        its whole new reachable set (only the latest, when it changed more than once)."""
+        updates, self._route_updates = self._route_updates, {}
+        return updates
+
+    def reconfigure(self, config: EdgeConfig) -> dict[int, Error]:
+        """Apply a reloaded configuration to the connections in place. Returns the
+        connections whose token the new config no longer accepts, each with the Error to
+        send before closing it (the caller closes them and calls ``remove``). Clients keep
+        their addresses and get the new policy; RouteUpdates go to those whose reachable
+        set changed. ``client_pools`` cannot change while addresses are handed out
+        (ValueError)."""
+        if tuple(config.client_pools) != tuple(self.config.client_pools):
+            raise ValueError("client_pool cannot change while the edge runs (restart the edge)")
+        self.config = config
+        revoked: dict[int, Error] = {}
+        for conn_id, client in self._clients.items():
+            if client.token not in config.client_tokens:
+                revoked[conn_id] = Error(ERROR_AUTHENTICATION_FAILED,
+                                         "the edge no longer accepts this client's token (configuration reloaded)")
+            else:
+                client.allowed = self._policy(client.token)
+        for conn_id, connector in self._connectors.items():
+            if connector.token not in config.connector_tokens:
+                revoked[conn_id] = Error(ERROR_AUTHENTICATION_FAILED,
+                                         "the edge no longer accepts this connector's token (configuration reloaded)")
+        for conn_id in revoked:
+            self.remove(conn_id)
+        self._refresh_routes()
+        return revoked
+
+    def version_of(self, conn_id: int) -> int:
+        """The control protocol version of an admitted connection (1 when unknown)."""
+        peer = self._clients.get(conn_id) or self._connectors.get(conn_id)
+        return peer.version if peer is not None else 1
 
     def is_client(self, conn_id: int) -> bool:
         """True if ``conn_id`` is an admitted client."""
         return conn_id in self._clients
 
     def is_connector(self, conn_id: int) -> bool:
-        """True if ``conn_id`` is an admitted connector."""
-        return conn_id in self._connectors
+        """True if ``conn_id`` is a connector that has announced its prefixes."""
+        connector = self._connectors.get(conn_id)
+        return connector is not None and connector.prefixes is not None
 
     def connectors_for(self, address: bytes) -> list[int]:
         """Connector ids serving the longest prefix that matches ``address`` (4 or 16 bytes)."""
         return list(self._routes.lookup(address) or ())
 
     def connector_ids(self) -> list[int]:
-        """Ids of every admitted connector."""
-        return list(self._connectors)
+        """Ids of every admitted connector (announced)."""
+        return [conn_id for conn_id in self._connectors if self.is_connector(conn_id)]
 
     @property
     def client_count(self) -> int:
@@ -331,8 +457,8 @@ class EdgeRouter:
 
     @property
     def connector_count(self) -> int:
-        """Admitted connectors."""
-        return len(self._connectors)
+        """Admitted connectors (announced)."""
+        return len(self.connector_ids())
 
     def client_addresses(self, conn_id: int) -> tuple[bytes | None, bytes | None]:
         """The (IPv4, IPv6) tunnel addresses assigned to a client."""
@@ -349,11 +475,14 @@ class EdgeRouter:
                     self._pools[version].release(address)
             for request_id in client.sessions:
                 self._sessions.pop(request_id, None)
-        if self._connectors.pop(conn_id, None) is not None:
+        self._route_updates.pop(conn_id, None)
+        connector = self._connectors.pop(conn_id, None)
+        if connector is not None and connector.prefixes is not None:
             self._routes.remove_connector(conn_id)
             for session in self._sessions.values():
                 if session.connector == conn_id:
                     session.connector = None
+            self._refresh_routes()
 
     # -- routing -----------------------------------------------------------------
 
@@ -366,7 +495,7 @@ class EdgeRouter:
             client = self._clients[conn_id]
             for data in datagrams:
                 self._from_client(client, data, now, out)
-        elif conn_id in self._connectors:
+        elif self.is_connector(conn_id):
             for data in datagrams:
                 self._from_connector(conn_id, data, now, out)
         else:

@@ -62,6 +62,9 @@ class IcmpHandler(Protocol):
 
 IcmpHandlerFactory = Callable[[IcmpSink], IcmpHandler]
 
+EARLY_DATAGRAM_LIMIT = 256
+"""Datagrams kept while the welcome is on its way (see ``Connector._on_datagrams``)."""
+
 
 class Connector:
     """A connector (library class and what ``fastproxy connector`` runs).
@@ -124,6 +127,7 @@ class Connector:
         self.control_version = 0  # what the edge speaks on the current connection
         self._conn_id = 0
         self._sessions: UdpSessionTable | None = None
+        self._early: list[tuple[quic.TunnelConnection, list[bytes]]] = []
         self._task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
 
@@ -226,6 +230,9 @@ class Connector:
                  ", ".join(map(str, self.routes)))
         self.connected.set()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(connection))
+        early, self._early = self._early, []
+        for sender, batch in early:
+            self._on_datagrams(sender, batch)
 
     async def _expire_loop(self, connection: quic.TunnelConnection) -> None:
         while not connection.is_closed and self._connection is connection:
@@ -235,6 +242,7 @@ class Connector:
 
     def _drop_connection(self) -> None:
         self.connected.clear()
+        self._early.clear()
         if self._expiry_task is not None:  # not left pending after close()
             self._expiry_task.cancel()
             self._expiry_task = None
@@ -268,7 +276,13 @@ class Connector:
     def _on_datagrams(self, connection: quic.TunnelConnection, datagrams: list[bytes]) -> None:
         sessions = self._sessions
         if sessions is None or connection is not self._connection:
-            self.drops["datagram_before_welcome"] += len(datagrams)
+            # The edge routes to this connector as soon as it has the announce, and its
+            # clients are told at once: their first packets can come a moment before
+            # dial() has returned here. Keep them (bounded) for when it has.
+            if self._connection is None and sum(len(b) for _, b in self._early) + len(datagrams) <= EARLY_DATAGRAM_LIMIT:
+                self._early.append((connection, datagrams))
+            else:
+                self.drops["datagram_before_welcome"] += len(datagrams)
             return
         icmp_packets: list[memoryview] = []
         for data in datagrams:

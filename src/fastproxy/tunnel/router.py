@@ -215,15 +215,15 @@ def _in_prefixes(address: bytes, prefixes: tuple[Network, ...]) -> bool:
 
 
 def canonical_prefixes(prefixes: Iterable[Network]) -> tuple[Network, ...]:
-    """``prefixes`` collapsed (a prefix inside another goes; adjacent halves merge) and
-    sorted, IPv4 first: one spelling for each set, so two sets compare equal when they
-    cover the same addresses."""
-    by_family: dict[int, list[Network]] = {4: [], 6: []}
-    for prefix in prefixes:
-        by_family[prefix.version].append(prefix)
+    """``prefixes`` without duplicates and without any that lies inside another, sorted
+    (IPv4 first): one spelling for each set, so that sets covering the same addresses
+    compare equal. Adjacent prefixes stay apart, as they were announced."""
+    ordered = sorted(set(prefixes), key=lambda p: (p.version, p.network_address, p.prefixlen))
     result: list[Network] = []
-    for version in (4, 6):
-        result.extend(sorted(ipaddress.collapse_addresses(by_family[version])))  # type: ignore[arg-type]
+    for prefix in ordered:
+        # Sorted by address then length, a covering prefix comes before what it covers.
+        if not (result and result[-1].version == prefix.version and prefix.subnet_of(result[-1])):  # type: ignore[arg-type]
+            result.append(prefix)
     return tuple(result)
 
 

@@ -311,3 +311,24 @@ def test_reconfigure_revokes_tokens_and_pushes_new_policies() -> None:
     with pytest.raises(ValueError, match="client_pool"):
         router.reconfigure(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",),
                                       client_pools=("10.200.0.0/16",)))
+
+
+def test_connectors_announce_only_what_their_token_allows() -> None:
+    router = make_router(connector_tokens=("k",), connector_policies={"lab": nets("10.0.0.0/8", "fd12::/48")})
+    admit(router)
+    assert isinstance(router.authenticate(A, Hello("connector", "lab")), Welcome)
+    welcome = router.announce(A, Announce(nets("10.1.0.0/16", "192.168.0.0/16", "fd12:0:0:1::/64", "0.0.0.0/0")))
+    assert welcome.prefixes == nets("10.1.0.0/16", "fd12:0:0:1::/64")  # the accepted ones
+    assert router.auth_failures["connector_prefix_refused"] == 2
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("10.1.0.0/16", "fd12:0:0:1::/64"))}
+    assert router.connectors_for(ipaddress.ip_address("192.168.0.1").packed) == []
+    # A token without a policy announces anything.
+    connector(router, B, "192.168.0.0/16")
+    assert router.connectors_for(ipaddress.ip_address("192.168.0.1").packed) == [B]
+    router.take_route_updates()
+    # A reload widens the policy: what A announced before is served now, without a re-announce.
+    closed = router.reconfigure(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",),
+                                           connector_policies={"lab": nets("0.0.0.0/0", "::/0")}))
+    assert closed == {}
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("0.0.0.0/0", "fd12:0:0:1::/64"))}
+    assert A in router.connectors_for(ipaddress.ip_address("192.168.0.1").packed)

@@ -57,24 +57,27 @@ def resolve_tokens(values: list[str]) -> list[str]:
     return tokens
 
 
-def client_policies(tokens: list[str], policies: list[str]) -> dict[str, tuple[Network, ...] | None]:
-    """The edge's client table: each ``--client-token`` (None: it reaches ``client_allow``) and each
-    ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes). ValueError says what is wrong."""
+def client_policies(tokens: list[str], policies: list[str], *,
+                    role: str = "client") -> dict[str, tuple[Network, ...] | None]:
+    """The edge's token table for ``role`` (``client`` or ``connector``): each
+    ``--client-token`` (None: it reaches ``client_allow``; for connectors: it announces
+    anything) and each ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes; for
+    connectors, ``--connector-policy``). ValueError says what is wrong."""
     table: dict[str, tuple[Network, ...] | None] = {token: None for token in resolve_tokens(tokens)}
     for policy in policies:
         reference, sep, cidrs = policy.rpartition("=")
         if not sep or not reference or not cidrs:
-            raise ValueError(f"client policy must be TOKEN=CIDR[,CIDR...], got {policy!r}")
+            raise ValueError(f"{role} policy must be TOKEN=CIDR[,CIDR...], got {policy!r}")
         try:
             networks = tuple(ipaddress.ip_network(c.strip(), strict=True) for c in cidrs.split(","))
         except ValueError as exc:
-            raise ValueError(f"client policy {reference}=...: {exc}") from None
+            raise ValueError(f"{role} policy {reference}=...: {exc}") from None
         for token in resolve_tokens([reference]):
             if token in table:
-                raise ValueError(f"client policy {reference}: the token is given twice")
+                raise ValueError(f"{role} policy {reference}: the token is given twice")
             table[token] = networks
     if not table:
-        raise ValueError("no client token: give --client-token or --client-policy")
+        raise ValueError(f"no {role} token: give --{role}-token or --{role}-policy")
     return table
 
 
@@ -114,6 +117,8 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                       help=f"a token clients may present (they reach --client-allow); repeatable {token_help}")
     edge.add_argument("--client-policy", action="append", metavar="TOKEN=CIDR[,CIDR...]",
                       help="a client token that may reach only these prefixes; repeatable")
+    edge.add_argument("--connector-policy", action="append", metavar="TOKEN=CIDR[,CIDR...]",
+                      help="a connector token that may announce only prefixes inside these; repeatable")
     edge.add_argument("--client-pool", action="append", type=network_arg, metavar="CIDR",
                       help="where client addresses come from (one IPv4, one IPv6); the first address is the "
                       "edge's own (default 100.96.0.0/16 and fd00:fa57::/64)")
@@ -277,9 +282,11 @@ def _edge_config(args: argparse.Namespace) -> Any:
     """The EdgeConfig of these (merged) settings; ValueError / OSError say what is wrong."""
     from .edge import DEFAULT_CLIENT_POOLS, EdgeConfig
 
+    connectors = client_policies(args.connector_token or [], args.connector_policy or [], role="connector")
     return EdgeConfig(
         client_tokens=client_policies(args.client_token or [], args.client_policy or []),
-        connector_tokens=tuple(resolve_tokens(args.connector_token)),
+        connector_tokens=tuple(token for token, allowed in connectors.items() if allowed is None),
+        connector_policies={token: allowed for token, allowed in connectors.items() if allowed is not None},
         client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
         client_allow=tuple(args.client_allow or ()),
         max_connections_per_token=args.max_connections_per_token,
@@ -299,10 +306,16 @@ def _edge_changes(old: Any, new: Any) -> list[str]:
         changes.append(f"client policies: {policies} changed")
     if new.client_allow != old.client_allow:
         changes.append("client_allow: " + (", ".join(map(str, new.client_allow)) or "every announced route"))
-    added = len(set(new.connector_tokens) - set(old.connector_tokens))
-    removed = len(set(old.connector_tokens) - set(new.connector_tokens))
+    old_connectors = dict.fromkeys(old.connector_tokens) | dict(old.connector_policies)
+    new_connectors = dict.fromkeys(new.connector_tokens) | dict(new.connector_policies)
+    added = len(new_connectors.keys() - old_connectors.keys())
+    removed = len(old_connectors.keys() - new_connectors.keys())
+    policies = sum(1 for token in new_connectors.keys() & old_connectors.keys()
+                   if new_connectors[token] != old_connectors[token])
     if added or removed:
         changes.append(f"connector tokens: {added} added, {removed} removed")
+    if policies:
+        changes.append(f"connector policies: {policies} changed")
     if new.max_connections_per_token != old.max_connections_per_token:
         changes.append(f"max_connections_per_token {new.max_connections_per_token}")
     return changes

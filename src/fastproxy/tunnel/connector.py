@@ -212,6 +212,7 @@ class Connector:
         self._conn_id += 1
         self._connection = connection
         self.control_version = welcome.version
+        self._check_accepted(welcome)
         self._sessions = UdpSessionTable(
             connection.send_datagrams, allowed=self.routes, max_sessions=self.max_udp_sessions,
             default_idle_timeout=self.udp_idle_timeout, drops=self.udp_drops, stats=self.udp_stats,
@@ -261,10 +262,17 @@ class Connector:
             return
         connection.send_datagrams([encode_icmp(packet) for packet in packets])
 
+    def _check_accepted(self, welcome: Welcome) -> None:
+        refused = [p for p in self.routes if p not in welcome.prefixes]
+        if refused:
+            log.warning("the edge refused the routes %s: this connector's token may not announce them "
+                        "(the edge's connector_policy for it)", ", ".join(map(str, refused)))
+
     def _on_message(self, message: ControlMessage) -> None:
         if isinstance(message, Welcome):  # the edge's answer to an announce after the first
             self.stats["announces_accepted"] += 1
             log.info("the edge accepted the routes: %s", ", ".join(map(str, message.prefixes)) or "none")
+            self._check_accepted(message)
         elif isinstance(message, ClientGone):
             self.stats["clients_gone"] += 1
             if self.icmp is not None:

@@ -227,9 +227,14 @@ class Edge:
             elif role == ROLE_CONNECTOR and isinstance(message, Announce) and (
                     version >= 2 or not self.router.is_connector(conn_id)):
                 again = self.router.is_connector(conn_id)
-                connection.send_control(encode_message(self.router.announce(conn_id, message)))
+                welcome = self.router.announce(conn_id, message)
+                connection.send_control(encode_message(welcome))
+                refused = [p for p in message.prefixes if p not in welcome.prefixes]
+                if refused:
+                    log.warning("connector %d from %s may not announce %s (outside its token's connector policy)",
+                                conn_id, connection.remote_address, ", ".join(map(str, refused)))
                 log.info("connector %d from %s %s %s", conn_id, connection.remote_address,
-                         "now serves" if again else "serves", ", ".join(map(str, message.prefixes)) or "nothing")
+                         "now serves" if again else "serves", ", ".join(map(str, welcome.prefixes)) or "nothing")
                 self._push_routes()
             else:
                 self.router.auth_failures["unexpected_control_message"] += 1

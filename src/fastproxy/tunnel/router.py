@@ -87,7 +87,9 @@ class EdgeConfig:
 
     ``client_tokens`` maps each client token to the prefixes that client may reach (None:
     ``client_allow``, and when that is empty too, every announced route).
-    ``connector_tokens`` are the tokens connectors may present. ``client_pools`` are the
+    ``connector_tokens`` are the tokens connectors may present and announce any prefix
+    with; ``connector_policies`` maps more connector tokens to the only prefixes each may
+    announce (DESIGN section 9: others in its announce are refused). ``client_pools`` are the
     CIDRs client addresses come from (one IPv4, one IPv6 at most); the first address of
     each pool is the edge's own tunnel address. ``max_connections_per_token`` bounds the
     clients one token may have connected at once (each takes pool addresses; 0: no bound).
@@ -95,6 +97,7 @@ class EdgeConfig:
 
     client_tokens: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
     connector_tokens: tuple[str, ...] = ()
+    connector_policies: dict[str, tuple[Network, ...]] = field(default_factory=dict)
     client_pools: tuple[str, ...] = DEFAULT_CLIENT_POOLS
     client_allow: tuple[Network, ...] = ()
     max_sessions_per_client: int = 1024
@@ -260,7 +263,8 @@ class _Client:
 class _Connector:
     token: str
     version: int
-    prefixes: tuple[Network, ...] | None = None  # None until its first announce
+    announced: tuple[Network, ...] = ()  # what it asked for
+    prefixes: tuple[Network, ...] | None = None  # what was accepted; None until its first announce
 
 
 @dataclass
@@ -317,7 +321,7 @@ class EdgeRouter:
         if hello.role == ROLE_CLIENT:
             token = _tokens_match(hello.token, self.config.client_tokens) if hello.token else None
         else:
-            token = _tokens_match(hello.token, self.config.connector_tokens) if hello.token else None
+            token = _tokens_match(hello.token, self._connector_tokens()) if hello.token else None
         if token is None:
             reason = "missing_token" if not hello.token else "bad_token"
             self.auth_failures[f"{hello.role}_{reason}"] += 1
@@ -358,6 +362,17 @@ class EdgeRouter:
             version=version,
         )
 
+    def _connector_tokens(self) -> list[str]:
+        return [*self.config.connector_tokens, *self.config.connector_policies]
+
+    def _accepted(self, token: str, announced: tuple[Network, ...]) -> tuple[Network, ...]:
+        """What a connector with ``token`` may serve of ``announced``: all of it, or with a
+        connector policy, each prefix that lies inside the policy."""
+        allowed = self.config.connector_policies.get(token)
+        if allowed is None:
+            return announced
+        return tuple(p for p in announced if any(p.version == a.version and p.subnet_of(a) for a in allowed))  # type: ignore[arg-type]
+
     def _policy(self, token: str) -> tuple[Network, ...] | None:
         """What a client with ``token`` may reach under the current config (None: anything)."""
         allowed = self.config.client_tokens[token]
@@ -366,17 +381,27 @@ class EdgeRouter:
         return allowed
 
     def announce(self, conn_id: int, announce: Announce) -> Welcome:
-        """Register the prefixes an authenticated connector serves. Again from the same
-        connector (version 2), the new set replaces the old one. Clients whose reachable
-        set changes get a RouteUpdate (``take_route_updates``)."""
+        """Register the prefixes an authenticated connector serves: those its token may
+        announce (the Welcome lists them; the others are refused and counted as
+        ``auth_failures["connector_prefix_refused"]``). Again from the same connector
+        (version 2), the new set replaces the old one. Clients whose reachable set changes
+        get a RouteUpdate (``take_route_updates``)."""
         connector = self._connectors[conn_id]
+        connector.announced = announce.prefixes
+        accepted = self._accepted(connector.token, announce.prefixes)
+        refused = len(announce.prefixes) - len(accepted)
+        if refused:
+            self.auth_failures["connector_prefix_refused"] += refused
+        self._serve(conn_id, connector, accepted)
+        self._refresh_routes()
+        return Welcome(None, None, accepted, version=connector.version)
+
+    def _serve(self, conn_id: int, connector: _Connector, prefixes: tuple[Network, ...]) -> None:
         if connector.prefixes is not None:
             self._routes.remove_connector(conn_id)
-        connector.prefixes = announce.prefixes
-        for prefix in announce.prefixes:
+        connector.prefixes = prefixes
+        for prefix in prefixes:
             self._routes.add(prefix, conn_id)
-        self._refresh_routes()
-        return Welcome(None, None, announce.prefixes, version=connector.version)
 
     def reachable(self, conn_id: int) -> tuple[Network, ...]:
         """What client ``conn_id`` may reach now: the announced prefixes within its
@@ -419,10 +444,15 @@ class EdgeRouter:
                                          "the edge no longer accepts this client's token (configuration reloaded)")
             else:
                 client.allowed = self._policy(client.token)
+        connector_tokens = set(self._connector_tokens())
         for conn_id, connector in self._connectors.items():
-            if connector.token not in config.connector_tokens:
+            if connector.token not in connector_tokens:
                 revoked[conn_id] = Error(ERROR_AUTHENTICATION_FAILED,
                                          "the edge no longer accepts this connector's token (configuration reloaded)")
+            elif connector.prefixes is not None:
+                accepted = self._accepted(connector.token, connector.announced)
+                if accepted != connector.prefixes:
+                    self._serve(conn_id, connector, accepted)
         for conn_id in revoked:
             self.remove(conn_id)
         self._refresh_routes()

@@ -186,3 +186,24 @@ def test_route_update_before_the_welcome_is_applied_is_not_lost() -> None:
                 edge_module.Edge._on_control = original  # type: ignore[method-assign]
 
     run(body)
+
+
+def test_builtin_tools_wait_for_a_route_then_give_up_with_what_the_edge_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from fastproxy.client import tools
+
+    monkeypatch.setattr(tools, "_ROUTE_WAIT", 0.3)
+
+    async def body() -> None:
+        async with running_edge() as edge, make_client(edge) as client:
+            out = io.StringIO()
+            assert await tools.ping(client, "127.0.0.1", count=1, out=out) == tools.EXIT_ERROR
+            assert out.getvalue().startswith("fastproxy ping: no route to 127.0.0.1 through the tunnel after 0.3 s: "
+                                             "the edge allows this client nothing"), out.getvalue()
+            out = io.StringIO()
+            assert await tools.traceroute(client, "::1", out=out) == tools.EXIT_ERROR
+            assert "fastproxy traceroute: no route to ::1" in out.getvalue()
+            assert client.stats["packets_in"] == 0 and client.drops["not_connected"] == 0
+
+    run(body)

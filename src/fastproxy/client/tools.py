@@ -134,14 +134,14 @@ _ROUTE_WAIT = 5.0
 still be coming up) before it gives up."""
 
 
-async def _await_route(target: IpAddress, tunnel: PacketTunnel, timeout: float = _ROUTE_WAIT) -> None:
+async def _await_route(target: IpAddress, tunnel: PacketTunnel) -> None:
     """Return once the tunnel has a route to ``target`` (at once if it has one); ToolError
-    after ``timeout`` seconds without. A tunnel that cannot say (no ``wait_for_route``,
+    after _ROUTE_WAIT seconds without. A tunnel that cannot say (no ``wait_for_route``,
     as fakes) is taken to have one."""
     wait = getattr(tunnel, "wait_for_route", None)
     if wait is not None:
         try:
-            await wait(target, timeout)
+            await wait(target, _ROUTE_WAIT)
         except asyncio.TimeoutError as exc:  # fastproxy.NoRouteError says what the edge allows
             raise ToolError(str(exc) or f"no route to {target} through the tunnel") from None
 

@@ -225,7 +225,7 @@ def test_sighup_reloads_edge_and_connector_without_dropping_connections(topo: To
     address = tunnel_address(topo)
     second = processes.fastproxy("user", "ping", "-i", "0.5", "--edge", f"{EDGE_FOR['user']}:{PORT}",
                                  "--token", "user-token-2", "--pin", processes.pin, TARGET1[4])
-    edge.wait_for("client 2 ")
+    edge.wait_for("admitted", count=2)  # the TUN client, then this one
 
     # The system's ping runs across both reloads.
     steady = subprocess.Popen(["ip", "netns", "exec", topo.ns("user"), "ping", "-n", "-c", "30", "-i", "0.2",
@@ -250,6 +250,7 @@ def test_sighup_reloads_edge_and_connector_without_dropping_connections(topo: To
     assert "user-token" not in reload_line  # tokens are secrets
     # The removed token's connection was closed with the reason; it cannot come back.
     edge.wait_for("no longer accepts this client's token (configuration reloaded)")
+    second.wait_for("connection to the edge lost (the edge no longer accepts this client's token (configuration reloaded))")
     second.wait_for("bad token")
     refused = processes.tool("ping", "-c", "1", TARGET1[4], token="user-token-2")
     assert refused.returncode == 2 and "bad token" in refused.stderr + refused.stdout, refused.stdout + refused.stderr

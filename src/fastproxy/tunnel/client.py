@@ -48,7 +48,7 @@ from ..datagram import (
 )
 from ..errors import FastproxyError, MalformedDatagram
 from . import quic
-from .control import ROLE_CLIENT, ControlMessage, Network, RouteUpdate
+from .control import ROLE_CLIENT, ControlMessage, Error, Network, RouteUpdate
 from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
@@ -380,7 +380,9 @@ class Client:
         welcomed = False
 
         def on_message(message: ControlMessage) -> None:
-            if not isinstance(message, RouteUpdate):
+            if isinstance(message, Error):  # sent just before the edge closes the connection
+                log.error("the edge is closing the connection: %s", message.reason)
+            elif not isinstance(message, RouteUpdate):
                 self.drops["unexpected_control_message"] += 1
             elif welcomed:
                 self._set_routes(message.prefixes)
@@ -416,7 +418,9 @@ class Client:
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
             await closed.wait()
-            log.warning("connection to the edge lost; reconnecting")
+            reason = self._connection.close_reason if self._connection is not None else ""
+            # The edge says why when it closes (a token revoked by a reload...).
+            log.warning("connection to the edge lost%s; reconnecting", f" ({reason})" if reason else "")
             closed = asyncio.Event()
             while True:
                 await asyncio.sleep(backoff.next_delay())

@@ -36,7 +36,16 @@ from typing import Protocol
 from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagram, encode_icmp
 from ..errors import MalformedDatagram
 from . import quic
-from .control import ROLE_CONNECTOR, Announce, ClientGone, ControlMessage, Network, Welcome, encode_message
+from .control import (
+    ROLE_CONNECTOR,
+    Announce,
+    ClientGone,
+    ControlMessage,
+    Error,
+    Network,
+    Welcome,
+    encode_message,
+)
 from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
@@ -195,7 +204,9 @@ class Connector:
                 await self._connect_once(closed)
                 backoff.connected()
                 await closed.wait()
-                log.warning("connection to the edge lost; reconnecting")
+                reason = self._connection.close_reason if self._connection is not None else ""
+                # The edge says why when it closes (a token revoked by a reload...).
+                log.warning("connection to the edge lost%s; reconnecting", f" ({reason})" if reason else "")
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 self.last_error = exc
                 self.stats["connect_failures"] += 1
@@ -273,6 +284,8 @@ class Connector:
             self.stats["announces_accepted"] += 1
             log.info("the edge accepted the routes: %s", ", ".join(map(str, message.prefixes)) or "none")
             self._check_accepted(message)
+        elif isinstance(message, Error):  # sent just before the edge closes the connection
+            log.error("the edge is closing the connection: %s", message.reason)
         elif isinstance(message, ClientGone):
             self.stats["clients_gone"] += 1
             if self.icmp is not None:

@@ -68,6 +68,11 @@ def test_a_client_connected_first_learns_every_announce_and_withdrawal() -> None
                 await wait_for(lambda: client.prefixes == ())
                 assert changes[-1] == (networks("127.0.0.0/8", "::1/128"), ())
                 assert edge.stats["route_updates_sent"] == 3
+                from prometheus_client import generate_latest
+
+                from fastproxy.metrics import create_registry
+
+                assert "fastproxy_route_updates_total 3.0" in generate_latest(create_registry(edge=edge)).decode()
 
     run(body)
 

@@ -190,13 +190,17 @@ class Edge:
 
     def _push_routes(self) -> None:
         """Send each client the RouteUpdate the router recorded for it."""
+        sent = 0
         for conn_id, update in self.router.take_route_updates().items():
             connection = self._connections.get(conn_id)
             if connection is None:
                 continue
             connection.send_control(encode_message(update, self.router.version_of(conn_id)))
-            self.stats["route_updates_sent"] += 1
-            log.info("client %d may now reach %s", conn_id, ", ".join(map(str, update.prefixes)) or "nothing")
+            sent += 1
+            log.debug("client %d may now reach %s", conn_id, ", ".join(map(str, update.prefixes)) or "nothing")
+        if sent:
+            self.stats["route_updates_sent"] += sent
+            log.info("sent new routes to %d client%s", sent, "" if sent == 1 else "s")
 
     def _on_control(self, connection: quic.TunnelConnection, data: bytes) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]

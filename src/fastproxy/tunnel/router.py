@@ -406,17 +406,23 @@ class EdgeRouter:
     def reachable(self, conn_id: int) -> tuple[Network, ...]:
         """What client ``conn_id`` may reach now: the announced prefixes within its
         policy, canonical (see ``canonical_prefixes``)."""
-        client = self._clients[conn_id]
-        announced = self._routes.prefixes()
-        if client.allowed is None:
+        return self._reachable(self._routes.prefixes(), self._clients[conn_id].allowed)
+
+    @staticmethod
+    def _reachable(announced: tuple[Network, ...], allowed: tuple[Network, ...] | None) -> tuple[Network, ...]:
+        if allowed is None:
             return canonical_prefixes(announced)
-        return intersect_prefixes(announced, client.allowed)
+        return intersect_prefixes(announced, allowed)
 
     def _refresh_routes(self) -> None:
+        announced = self._routes.prefixes()
+        by_policy: dict[tuple[Network, ...] | None, tuple[Network, ...]] = {}  # clients mostly share a few
         for conn_id, client in self._clients.items():
             if client.version < 2:
                 continue
-            routes = self.reachable(conn_id)
+            routes = by_policy.get(client.allowed)
+            if routes is None:
+                routes = by_policy[client.allowed] = self._reachable(announced, client.allowed)
             if routes != client.routes:
                 client.routes = routes
                 self._route_updates[conn_id] = RouteUpdate(routes)

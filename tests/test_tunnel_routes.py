@@ -163,7 +163,9 @@ def test_a_new_client_and_connector_fall_back_to_version_1_with_an_old_edge(monk
                 conn_id = connector.conn_id
                 connector.update_routes(networks("127.0.0.0/16"))
                 await wait_for(lambda: connector.conn_id > conn_id and connector.connected.is_set(), 5)
-                assert edge.router.connectors_for(ipaddress.ip_address("127.1.0.1").packed) == []
+                # The edge forgets the old connection once its close completes.
+                await wait_for(lambda: edge.router.connectors_for(ipaddress.ip_address("127.1.0.1").packed) == [], 5)
+                assert edge.router.connectors_for(ipaddress.ip_address("127.0.0.1").packed) != []
             await connector.close()
 
     run(body)

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,10 +200,9 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def test_sighup_reloads_edge_and_connector_without_dropping_connections(topo: Topology,
-                                                                        processes: Processes) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="fastproxy-sighup-"))
-    edge_toml, connector_toml = workdir / "edge.toml", workdir / "connector.toml"
+def test_sighup_reloads_edge_and_connector_without_dropping_connections(topo: Topology, processes: Processes,
+                                                                        tmp_path: Path) -> None:
+    edge_toml, connector_toml = tmp_path / "edge.toml", tmp_path / "connector.toml"
     cert = certificate()
     edge_table = (f'[edge]\nlisten = "0.0.0.0:{PORT}"\ncert = "{cert.cert_file}"\nkey = "{cert.key_file}"\n'
                   # The flag --connector-token overrides this, at start and at every reload.

@@ -91,3 +91,10 @@ def test_bad_pin_and_unreadable_certificate_files_are_one_line_errors(tmp_path: 
                      "--cert", str(cert), "--key", str(cert))
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert f"fastproxy edge: --cert {cert} / --key {cert}: need a PEM certificate" in result.stderr
+
+
+def test_connector_policies_use_the_same_table_with_their_own_words() -> None:
+    table = client_policies(["k"], ["lab=10.0.0.0/8,fd12::/48"], role="connector")
+    assert table == {"k": None, "lab": (net("10.0.0.0/8"), net("fd12::/48"))}
+    with pytest.raises(ValueError, match="no connector token: give --connector-token or --connector-policy"):
+        client_policies([], [], role="connector")

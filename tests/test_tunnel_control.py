@@ -15,15 +15,20 @@ from fastproxy.tunnel.control import (
     MAX_MESSAGE_SIZE,
     MAX_PREFIXES,
     MAX_TOKEN_LENGTH,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Announce,
     ClientGone,
     ControlDecoder,
     Error,
     Hello,
     MalformedControlMessage,
+    RouteUpdate,
     Welcome,
     decode_message,
     encode_message,
+    is_version_refusal,
+    negotiate,
 )
 
 v4_networks = st.builds(
@@ -50,6 +55,7 @@ messages = st.one_of(
         st.one_of(st.none(), st.integers(1, 2**32 - 1).map(ipaddress.IPv4Address)),
         st.one_of(st.none(), st.integers(1, 2**128 - 1).map(ipaddress.IPv6Address)),
     ),
+    st.builds(RouteUpdate, prefix_lists),
 )
 
 
@@ -94,6 +100,8 @@ def test_every_truncation_of_every_message_is_rejected() -> None:
         Welcome(ipaddress.IPv4Address("100.96.0.2"), None, (ipaddress.ip_network("10.0.0.0/8"),)),
         Error(ERROR_AUTHENTICATION_FAILED, "bad token"),
         ClientGone(ipaddress.IPv4Address("100.96.0.2"), ipaddress.IPv6Address("fd00:fa57::2")),
+        RouteUpdate((ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))),
+        RouteUpdate(()),
     ]
     for message in samples:
         frame = encode_message(message)
@@ -114,7 +122,10 @@ def test_every_truncation_of_every_message_is_rejected() -> None:
         (b"\x00\x01\x01", "message_too_short"),
         (b"\x00\x01\x01\x01", "message_too_short"),
         (struct.pack("!H", MAX_MESSAGE_SIZE + 1) + b"\x01\x01", "message_too_long"),
-        (_frame(0x01, b"\x01\x00\x00", version=2), "unsupported_version"),
+        (_frame(0x01, b"\x01\x00\x00", version=0), "unsupported_version"),
+        (_frame(0x04, b"\x00\x01\x00\x00", version=3), "unsupported_version"),
+        (_frame(0x06, b"\x00\x00", version=0), "unsupported_version"),
+        (_frame(0x06, b"\x00\x00", version=1), "unknown_message_type"),
         (_frame(0x09, b""), "unknown_message_type"),
         (_frame(0x05, bytes(20) + b"x"), "trailing_bytes"),
         (_frame(0x01, b"\x03\x00\x00"), "bad_role"),
@@ -148,3 +159,40 @@ def test_encoder_refuses_what_the_format_cannot_carry() -> None:
         encode_message(Hello("router", ""))
     with pytest.raises(ValueError):
         encode_message(Error(0x10000, ""))
+
+
+def test_versions_frame_and_negotiation() -> None:
+    """HELLO says the highest version its sender speaks; the edge speaks the lower of the two."""
+    assert PROTOCOL_VERSION == 2 and SUPPORTED_VERSIONS == (1, 2)
+    hello = Hello("client", "t")
+    assert encode_message(hello)[2] == PROTOCOL_VERSION
+    assert encode_message(Hello("client", "t", version=1)) == _frame(0x01, b"\x01\x00\x01t", version=1)
+    # A HELLO from a newer peer is read whatever its version (its layout never changes).
+    future = decode_message(_frame(0x01, b"\x02\x00\x01k", version=7))
+    assert future == Hello("connector", "k") and future.version == 7
+    assert negotiate(7) == PROTOCOL_VERSION and negotiate(1) == 1 and negotiate(2) == 2
+    # Every version-1 layout is unchanged: a version-1 peer reads exactly the bytes it always did.
+    welcome = Welcome(ipaddress.IPv4Address("100.96.0.2"), None, (ipaddress.ip_network("10.0.0.0/8"),), version=1)
+    frame = encode_message(welcome)
+    assert frame[2] == 1 and decode_message(frame).version == 1
+    assert encode_message(ClientGone(None, None), version=1)[2] == 1
+    assert decode_message(encode_message(welcome, version=2)).version == 2
+
+
+def test_route_update_exists_only_in_version_2() -> None:
+    update = RouteUpdate((ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd12::/64")))
+    frame = encode_message(update)
+    assert frame == _frame(0x06, b"\x00\x02\x04\x08\x0a\x00\x00\x00\x06\x40\xfd\x12" + bytes(14), version=2)
+    assert decode_message(frame) == update
+    with pytest.raises(ValueError, match="needs control protocol version 2"):
+        encode_message(update, version=1)
+    with pytest.raises(ValueError, match="version 3"):
+        encode_message(Error(1, "x"), version=3)
+    assert _reason(frame[:2] + b"\x01" + frame[3:]) == "unknown_message_type"
+
+
+def test_version_refusal_of_an_old_edge_is_recognised() -> None:
+    # What a version-1 edge sends when it reads a version-2 HELLO (edge.py before version 2).
+    assert is_version_refusal(0x01, "malformed control message: unsupported_version")
+    assert not is_version_refusal(0x03, "authentication failed: bad token")
+    assert not is_version_refusal(0x01, "malformed control message: bad_role")

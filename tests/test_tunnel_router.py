@@ -21,8 +21,8 @@ from fastproxy.datagram import (
     encode_udp_payload,
     encode_udp_registration,
 )
-from fastproxy.tunnel.control import Announce, Error, Hello, Welcome
-from fastproxy.tunnel.router import EdgeConfig, EdgeRouter
+from fastproxy.tunnel.control import ERROR_AUTHENTICATION_FAILED, Announce, Error, Hello, RouteUpdate, Welcome
+from fastproxy.tunnel.router import EdgeConfig, EdgeRouter, intersect_prefixes
 
 CLIENT, A, B = 1, 2, 3
 net = ipaddress.ip_network
@@ -126,8 +126,9 @@ def test_spread_by_flow_and_failover_moves_only_lost_flows() -> None:
 def test_client_policy_and_anti_spoofing_are_counted() -> None:
     router = make_router(client_tokens={"c": (net("10.1.0.0/16"),)})
     welcome = admit(router)
-    assert welcome.prefixes == (net("10.1.0.0/16"),)
+    assert welcome.prefixes == ()  # nothing is announced yet
     connector(router, A, "10.0.0.0/8")
+    assert router.take_route_updates() == {CLIENT: RouteUpdate((net("10.1.0.0/16"),))}  # announced ∩ policy
     me = str(welcome.client_v4)
     out = router.route(
         CLIENT,
@@ -316,3 +317,129 @@ def test_payload_of_a_session_whose_route_went_away_is_refused_and_ends_it() -> 
     answer = decode_datagram(out[CLIENT][0])
     assert isinstance(answer, RegistrationResponse) and answer.code == RESPONSE_DESTINATION_UNREACHABLE
     assert router.session_count == 0
+
+
+# -- living routes (control protocol version 2) -------------------------------------
+
+
+def nets(*cidrs: str) -> tuple[object, ...]:
+    return tuple(net(c) for c in cidrs)
+
+
+def test_clients_are_told_each_announce_and_withdrawal() -> None:
+    router = make_router()
+    assert admit(router).prefixes == ()  # edge up, client up, no connector yet
+    assert admit(router, 9).prefixes == ()
+    connector(router, A, "10.0.0.0/8", "fd12::/64")
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("10.0.0.0/8", "fd12::/64")),
+                                           9: RouteUpdate(nets("10.0.0.0/8", "fd12::/64"))}
+    assert router.take_route_updates() == {}  # taken once
+    # A second connector with more prefixes: the new whole set, once per client.
+    connector(router, B, "10.0.0.0/8", "192.168.0.0/16")
+    assert router.take_route_updates()[CLIENT] == RouteUpdate(nets("10.0.0.0/8", "192.168.0.0/16", "fd12::/64"))
+    # A leaves: B still serves 10/8 (failover, no change for it); fd12::/64 is withdrawn.
+    router.remove(A)
+    assert router.take_route_updates()[CLIENT] == RouteUpdate(nets("10.0.0.0/8", "192.168.0.0/16"))
+    router.remove(B)
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(()), 9: RouteUpdate(())}
+
+
+def test_failover_between_connectors_of_one_prefix_pushes_nothing() -> None:
+    router = make_router()
+    connector(router, A, "10.0.0.0/8")
+    connector(router, B, "10.0.0.0/8")
+    assert admit(router).prefixes == nets("10.0.0.0/8")
+    router.remove(A)
+    assert router.take_route_updates() == {}
+    connector(router, 7, "10.0.0.0/8")  # A comes back as a new connection
+    assert router.take_route_updates() == {}
+
+
+def test_reannounce_replaces_a_connectors_prefixes() -> None:
+    router = make_router()
+    admit(router)
+    connector(router, A, "10.0.0.0/8")
+    router.take_route_updates()
+    welcome = router.announce(A, Announce(nets("10.1.0.0/16", "172.16.0.0/12")))
+    assert welcome.prefixes == nets("10.1.0.0/16", "172.16.0.0/12")
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("10.1.0.0/16", "172.16.0.0/12"))}
+    assert router.connectors_for(net("10.2.0.1/32").network_address.packed) == []
+    assert router.connectors_for(net("172.16.0.1/32").network_address.packed) == [A]
+
+
+def test_version_1_clients_get_no_route_updates_and_the_old_welcome() -> None:
+    router = make_router(client_tokens={"c": nets("10.1.0.0/16"), "d": None})
+    old = router.authenticate(CLIENT, Hello("client", "c", version=1))
+    assert isinstance(old, Welcome) and old.version == 1 and old.prefixes == nets("10.1.0.0/16")
+    new = router.authenticate(9, Hello("client", "d"))
+    assert isinstance(new, Welcome) and new.version == 2
+    connector(router, A, "10.0.0.0/8")
+    assert router.take_route_updates() == {9: RouteUpdate(nets("10.0.0.0/8"))}
+    assert router.version_of(CLIENT) == 1 and router.version_of(9) == 2 and router.version_of(A) == 2
+
+
+@pytest.mark.parametrize(("announced", "policy", "expected"), [
+    (("10.0.0.0/8",), ("10.1.0.0/16",), ("10.1.0.0/16",)),
+    (("10.1.0.0/16",), ("10.0.0.0/8",), ("10.1.0.0/16",)),
+    (("10.1.0.0/16", "10.2.0.0/16"), ("10.0.0.0/8", "192.168.0.0/16"), ("10.1.0.0/16", "10.2.0.0/16")),
+    (("10.0.0.0/8",), ("192.168.0.0/16", "fd12::/64"), ()),
+    (("0.0.0.0/0", "::/0"), ("10.0.0.0/8", "fd12::/64"), ("10.0.0.0/8", "fd12::/64")),
+    (("10.0.0.0/9", "10.128.0.0/9"), ("10.0.0.0/8",), ("10.0.0.0/9", "10.128.0.0/9")),  # as announced
+    (("10.0.0.0/8", "10.1.0.0/16"), ("10.0.0.0/8",), ("10.0.0.0/8",)),  # a covered one goes
+])
+def test_reachable_is_announced_within_policy(announced: tuple[str, ...], policy: tuple[str, ...],
+                                              expected: tuple[str, ...]) -> None:
+    assert intersect_prefixes(nets(*announced), nets(*policy)) == nets(*expected)
+
+
+def test_reconfigure_revokes_tokens_and_pushes_new_policies() -> None:
+    router = make_router(client_tokens={"c": None, "d": None, "e": None}, connector_tokens=("k", "k2"))
+    admit(router)
+    assert isinstance(router.authenticate(9, Hello("client", "d")), Welcome)
+    assert isinstance(router.authenticate(10, Hello("client", "e")), Welcome)
+    connector(router, A, "10.0.0.0/8", "192.168.0.0/16")
+    assert isinstance(router.authenticate(B, Hello("connector", "k2")), Welcome)
+    router.announce(B, Announce(nets("172.16.0.0/12")))
+    router.take_route_updates()
+    address = router.client_addresses(CLIENT)
+    closed = router.reconfigure(EdgeConfig(client_tokens={"c": nets("10.1.0.0/16"), "e": None},
+                                           connector_tokens=("k",)))
+    assert set(closed) == {9, B}
+    assert all(e.code == ERROR_AUTHENTICATION_FAILED and "no longer accepts" in e.reason for e in closed.values())
+    assert not router.is_client(9) and not router.is_connector(B)
+    # c: its new policy; e: B's prefixes are withdrawn. Addresses stay.
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("10.1.0.0/16")),
+                                           10: RouteUpdate(nets("10.0.0.0/8", "192.168.0.0/16"))}
+    assert router.client_addresses(CLIENT) == address
+    # The policy check follows the new policy.
+    me = str(ipaddress.ip_address(address[0]))
+    denied = router.route(CLIENT, [echo4(me, "10.2.0.1")])
+    assert list(denied) == [CLIENT]  # answered (administratively prohibited), not forwarded
+    assert router.drops["policy_denied"] == 1
+    assert A in router.route(CLIENT, [echo4(me, "10.1.0.1")])
+    # The removed token is refused from now on; a pool change is refused.
+    assert isinstance(router.authenticate(11, Hello("client", "d")), Error)
+    with pytest.raises(ValueError, match="client_pool"):
+        router.reconfigure(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",),
+                                      client_pools=("10.200.0.0/16",)))
+
+
+def test_connectors_announce_only_what_their_token_allows() -> None:
+    router = make_router(connector_tokens=("k",), connector_policies={"lab": nets("10.0.0.0/8", "fd12::/48")})
+    admit(router)
+    assert isinstance(router.authenticate(A, Hello("connector", "lab")), Welcome)
+    welcome = router.announce(A, Announce(nets("10.1.0.0/16", "192.168.0.0/16", "fd12:0:0:1::/64", "0.0.0.0/0")))
+    assert welcome.prefixes == nets("10.1.0.0/16", "fd12:0:0:1::/64")  # the accepted ones
+    assert router.auth_failures["connector_prefix_refused"] == 2
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("10.1.0.0/16", "fd12:0:0:1::/64"))}
+    assert router.connectors_for(ipaddress.ip_address("192.168.0.1").packed) == []
+    # A token without a policy announces anything.
+    connector(router, B, "192.168.0.0/16")
+    assert router.connectors_for(ipaddress.ip_address("192.168.0.1").packed) == [B]
+    router.take_route_updates()
+    # A reload widens the policy: what A announced before is served now, without a re-announce.
+    closed = router.reconfigure(EdgeConfig(client_tokens={"c": None}, connector_tokens=("k",),
+                                           connector_policies={"lab": nets("0.0.0.0/0", "::/0")}))
+    assert closed == {}
+    assert router.take_route_updates() == {CLIENT: RouteUpdate(nets("0.0.0.0/0", "fd12:0:0:1::/64"))}
+    assert A in router.connectors_for(ipaddress.ip_address("192.168.0.1").packed)

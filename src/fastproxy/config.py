@@ -184,8 +184,9 @@ SCHEMAS: dict[str, Schema] = {
         Setting("listen", "host_port", "address and UDP port to listen on", required=True),
         Setting("cert", "path", "PEM certificate (with key); default: a self-signed one, pin logged"),
         Setting("key", "path", "PEM private key (with cert)"),
-        Setting("connector_token", "str", "tokens connectors may present (env:NAME, @FILE)", many=True,
-                required=True),
+        Setting("connector_token", "str", "tokens connectors may present (env:NAME, @FILE)", many=True),
+        Setting("connector_policy", "str", "per-connector policy: TOKEN=CIDR[,CIDR...] (TOKEN as in "
+                "connector_token); that connector may announce only prefixes inside these", many=True),
         Setting("client_token", "str", "tokens clients may present (env:NAME, @FILE); they reach client_allow",
                 many=True),
         Setting("client_policy", "str", "per-client policy: TOKEN=CIDR[,CIDR...] (TOKEN as in client_token); "

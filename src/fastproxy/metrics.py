@@ -13,6 +13,8 @@ connections_active{role}                   gauge    open tunnel connections (edg
                                                     connector, pending; connector: edge)
 connections_total{role}                    counter  connections admitted (connector: made)
 connections_rejected_total                 counter  edge: refused connections
+connections_revoked_total                  counter  edge: closed by a reload that removed their token
+route_updates_total                        counter  edge: route sets pushed to clients
 auth_failures_total{reason}                counter  edge: why (bad_token, missing_token...)
 datagrams_total{direction}                 counter  QUIC datagrams in / out
 routed_total{kind}                         counter  edge: datagrams routed, by type and way
@@ -111,6 +113,10 @@ class TunnelCollector(Collector):
             total.add_metric([role], edge.stats[f"connections_total_{role}"])
         rejected = _counter("connections_rejected", "Connections the edge refused")
         rejected.add_metric([], edge.stats["connections_rejected"])
+        revoked = _counter("connections_revoked", "Connections the edge closed when a reload removed their token")
+        revoked.add_metric([], edge.stats["connections_revoked"])
+        route_updates = _counter("route_updates", "Route sets the edge pushed to clients")
+        route_updates.add_metric([], edge.stats["route_updates_sent"])
         auth = _counter("auth_failures", "Authentication failures at the edge", ["reason"])
         _add_reasons(auth, None, edge.router.auth_failures)
         routed = _counter("routed", "Datagrams the edge routed", ["kind"])
@@ -120,7 +126,7 @@ class TunnelCollector(Collector):
         datagrams.add_metric(["in"], received)
         datagrams.add_metric(["out"], sent)
         sessions_active.add_metric([], edge.router.session_count)
-        yield from _with_samples(rejected, auth, routed)
+        yield from _with_samples(rejected, revoked, route_updates, auth, routed)
 
     def _connector(self, active: Any, total: Any, datagrams: Any, drops: Any, sessions_active: Any,
                    sessions_total: Any) -> Iterator[Metric]:

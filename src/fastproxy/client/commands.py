@@ -272,8 +272,10 @@ async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Calla
         server.close()
 
 
-def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop``; connection problems exit 2."""
+def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int]],
+         on_hangup: Callable[[], None] | None = None) -> int:
+    """Run ``main(stop)`` with SIGINT/SIGTERM setting ``stop`` (and SIGHUP calling
+    ``on_hangup``, when given); connection problems exit 2."""
 
     async def runner() -> int:
         stop = asyncio.Event()
@@ -281,6 +283,9 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, on_hangup)
         return await main(stop)
 
     try:
@@ -430,6 +435,16 @@ def _tun_addresses(client: Any) -> list[str]:
     return addresses + ([f"{client.address_v6}/128"] if client.address_v6 else [])
 
 
+def _warn_no_prefixes(client: Any) -> None:
+    if client.control_version >= 2:
+        log.warning("the edge allows this client no prefixes yet; their routes are added as soon as a "
+                    "connector announces prefixes this client may reach")
+    else:
+        log.warning("the edge allows this client no prefixes (has a connector announced any?); this edge "
+                    "speaks control protocol version 1 and sends no route updates: restart the client "
+                    "after a connector is up, or upgrade the edge")
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from .bridge import TunBridge
     from .tun import TunDevice, TunError
@@ -447,9 +462,23 @@ def _run_client(args: argparse.Namespace) -> int:
                 routes = _tun_routes(client.prefixes, client.edge_host)
                 tun.configure(_tun_addresses(client), routes)
                 if not routes:
-                    log.warning("the edge allows this client no prefixes (has a connector announced any?)")
+                    _warn_no_prefixes(client)
                 bridge = TunBridge(tun, client)
                 client.on_packets = bridge.from_tunnel
+
+                def on_routes(_previous: Any, current: Any) -> None:
+                    # The edge's route updates (connectors come and go) and a reconnect's welcome.
+                    try:
+                        added, removed = tun.set_routes(_tun_routes(current, client.edge_host))
+                    except TunError as exc:
+                        log.error("cannot update the routes of %s: %s", tun.name, exc)
+                        return
+                    if added:
+                        log.info("routes added: %s", ", ".join(map(str, added)))
+                    if removed:
+                        log.info("routes removed: %s", ", ".join(map(str, removed)))
+                    if not tun.routes:
+                        _warn_no_prefixes(client)
 
                 def on_reconnect(_: Any) -> None:
                     # The edge normally gives the same addresses back; if it could not (the old
@@ -459,12 +488,8 @@ def _run_client(args: argparse.Namespace) -> int:
                     if set(map(str, tun.addresses)) != set(addresses):
                         tun.set_addresses(addresses)
                         log.warning("the edge assigned new addresses after a reconnect: %s", ", ".join(addresses))
-                    # It may also offer other prefixes: route the new ones.
-                    new = [p for p in _tun_routes(client.prefixes, client.edge_host) if p not in tun.routes]
-                    if new:
-                        tun.add_routes(new)
-                        log.info("routes added after reconnect: %s", ", ".join(map(str, new)))
 
+                client.on_routes = on_routes
                 client.on_reconnect = on_reconnect
                 bridge.start()
                 log.info("tunnel up on %s: addresses %s; routes %s", tun.name,
@@ -473,11 +498,18 @@ def _run_client(args: argparse.Namespace) -> int:
                     await stop.wait()
                 finally:
                     client.on_packets = None
+                    client.on_routes = None
                     bridge.close()
                 log.info("removed %s and its routes", tun.name)
         return 0
 
-    return _run(args, main)
+    def on_hangup() -> None:
+        # A daemon's SIGHUP (a closed terminal, a reload by a service manager) must not
+        # take the tunnel down; routes follow the edge by themselves.
+        log.info("SIGHUP: fastproxy client keeps running; it reloads nothing (its routes follow the edge; "
+                 "restart it to apply a changed configuration)")
+
+    return _run(args, main, on_hangup)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -186,6 +186,23 @@ def source_for(target: IpAddress, tunnel: PacketTunnel) -> IpAddress:
     return source
 
 
+_ROUTE_WAIT = 5.0
+"""Seconds a tool waits for the edge to allow a route to its target (a connector may
+still be coming up) before it gives up."""
+
+
+async def _await_route(target: IpAddress, tunnel: PacketTunnel) -> None:
+    """Return once the tunnel has a route to ``target`` (at once if it has one); ToolError
+    after _ROUTE_WAIT seconds without. A tunnel that cannot say (no ``wait_for_route``,
+    as fakes) is taken to have one."""
+    wait = getattr(tunnel, "wait_for_route", None)
+    if wait is not None:
+        try:
+            await wait(target, _ROUTE_WAIT)
+        except asyncio.TimeoutError as exc:  # fastproxy.NoRouteError says what the edge allows
+            raise ToolError(str(exc) or f"no route to {target} through the tunnel") from None
+
+
 def _payload(size: int, pattern: bytes | None = None) -> bytes:
     if pattern:
         return (pattern * (size // len(pattern) + 1))[:size]
@@ -493,6 +510,7 @@ async def ping(
             raise ToolError(f"packet size {size} is too large for the tunnel (at most {limit} bytes of data)")
         if not 1 <= ttl <= 255:
             raise ToolError(f"ttl {ttl} out of range (1-255)")
+        await _await_route(target, tunnel)
     except ToolError as exc:
         print(f"fastproxy ping: {exc}", file=err, flush=True)
         return EXIT_ERROR
@@ -729,6 +747,7 @@ async def traceroute(
             raise ToolError(f"max hops {max_hops} out of range (1-255)")
         if not 1 <= first_ttl <= max_hops:
             raise ToolError(f"first hop {first_ttl} out of range (1-{max_hops})")
+        await _await_route(target, tunnel)
     except ToolError as exc:
         print(f"fastproxy traceroute: {exc}", file=err, flush=True)
         return EXIT_ERROR

@@ -118,7 +118,33 @@ class TunDevice:
         for route in routes:
             family = "-6" if route.version == 6 else "-4"
             _ip(family, "route", "replace", str(route), "dev", self.name)
-            self.routes.append(route)
+            if route not in self.routes:
+                self.routes.append(route)
+
+    def remove_routes(self, routes: Iterable[Network]) -> None:
+        """Stop routing each prefix into this device (one already gone is no error)."""
+        self._check_open()
+        for route in routes:
+            family = "-6" if route.version == 6 else "-4"
+            result = subprocess.run(["ip", family, "route", "del", str(route), "dev", self.name],
+                                    capture_output=True, text=True, check=False)
+            # ESRCH ("No such process"): the kernel dropped it already (e.g. with an address).
+            if result.returncode != 0 and "No such process" not in result.stderr:
+                raise TunError(f"`ip {family} route del {route} dev {self.name}` failed: "
+                               f"{result.stderr.strip() or result.returncode}")
+            if route in self.routes:
+                self.routes.remove(route)
+
+    def set_routes(self, routes: Iterable[Network]) -> tuple[list[Network], list[Network]]:
+        """Make the prefixes routed into this device exactly ``routes``; returns (added,
+        removed). New routes go in before old ones go out, so a destination covered by
+        both (a prefix split or merged) never loses its route."""
+        wanted = list(dict.fromkeys(routes))
+        added = [route for route in wanted if route not in self.routes]
+        removed = [route for route in self.routes if route not in wanted]
+        self.add_routes(added)
+        self.remove_routes(removed)
+        return added, removed
 
     def read_batch(self, limit: int = _MAX_BATCH) -> list[bytes]:
         """Every packet waiting on the device (up to ``limit``); [] when none is."""

@@ -173,6 +173,17 @@ class IcmpProxy:
         else:
             raise TypeError(f"backend must be a BatchedBackend or a PerPacketBackend, not {type(backend).__name__}")
 
+    def set_allowed_prefixes(self, prefixes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str]) -> None:
+        """Replace the destinations clients may ping (a connector's routes were reloaded).
+        New echo requests are checked against the new set; flows already open run until
+        they expire."""
+        allowed = _PrefixSet(prefixes)
+        if self._nat is not None:
+            for reason, count in self._nat.take_drops().items():
+                self.metrics.drop(reason, count)
+            self._nat = core.EchoNat(self._table, allowed.networks)  # the flows live in the table
+        self._allowed = allowed
+
     # ---- client side -------------------------------------------------------------------------
 
     def handle_client_packets(

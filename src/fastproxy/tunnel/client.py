@@ -16,6 +16,13 @@ The client reconnects by itself with exponential backoff and full jitter; the ed
 a reconnecting token its previous addresses back when they are free, and every open UDP
 session is registered again on the new connection, so flows and sessions carry on
 (``on_reconnect`` is called after each reconnect, e.g. to notice changed addresses).
+
+Routes are live: ``client.prefixes`` is what the edge lets this client reach now, and
+follows the edge's route updates as connectors come and go (control protocol version 2).
+``on_routes(previous, current)`` is called after each change; ``await
+client.wait_for_route(address, timeout)`` waits until a prefix covers ``address``::
+
+    prefix = await client.wait_for_route("10.0.0.8", timeout=5)   # NoRouteError if none came
 """
 
 from __future__ import annotations
@@ -47,12 +54,13 @@ from ..datagram import (
 from ..errors import FastproxyError, MalformedDatagram
 from ..logs import format_address
 from . import quic
-from .control import ROLE_CLIENT, Network
+from .control import ROLE_CLIENT, ControlMessage, Error, Network, RouteUpdate
 from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
 __all__ = [
-    "Client", "UdpDestinationUnreachable", "UdpPayloadTooLarge", "UdpSession", "UdpSessionClosed", "UdpSessionRefused", "UdpSessionTimeout",
+    "Client", "NoRouteError", "UdpDestinationUnreachable", "UdpPayloadTooLarge", "UdpSession", "UdpSessionClosed",
+    "UdpSessionRefused", "UdpSessionTimeout",
 ]
 
 log = logging.getLogger("fastproxy.client")
@@ -99,6 +107,20 @@ class UdpPayloadTooLarge(FastproxyError, ValueError):
 class UdpSessionTimeout(FastproxyError, asyncio.TimeoutError):
     """No answer to a UDP session registration in time (the edge or connector is
     overloaded, or the connection was lost meanwhile)."""
+
+
+class NoRouteError(FastproxyError, TimeoutError):
+    """No prefix the edge allows this client covers ``address`` (``prefixes``: what it
+    does allow), and none came within the time waited."""
+
+    def __init__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address, prefixes: tuple[Network, ...],
+                 waited: float) -> None:
+        self.address = address
+        self.prefixes = prefixes
+        allowed = ", ".join(map(str, prefixes)) or "nothing"
+        super().__init__(f"no route to {address} through the tunnel after {waited:g} s: the edge allows this "
+                         f"client {allowed} (is a connector serving {address} connected, and does this client's "
+                         "policy on the edge include it?)")
 
 
 class UdpSessionClosed(FastproxyError, EOFError):
@@ -221,11 +243,14 @@ class Client:
         on_packets: called with each batch of whole IP packets from the edge; without it
             they are queued (at most ``queue_limit``) for :meth:`packets`.
         on_reconnect: called with the client after every reconnect.
+        on_routes: called with (previous, current) prefixes each time what the client
+            may reach changes (a route update from the edge, or a reconnect's welcome).
         backoff_initial, backoff_max: reconnect delays (seconds, full jitter).
         connect_timeout: for each dial.
 
     Attributes: ``address_v4``, ``address_v6`` (tunnel addresses), ``prefixes`` (what the
-    client may reach), ``connected`` (an asyncio.Event), ``stats`` and ``drops`` (Counters).
+    client may reach now), ``control_version`` (the control protocol the edge speaks; 1:
+    no route updates), ``connected`` (an asyncio.Event), ``stats`` and ``drops`` (Counters).
     Entering the context raises :class:`~fastproxy.tunnel.dial.TunnelRejected` when the
     edge refuses the first connection (bad token) and ConnectionError / TimeoutError when
     it cannot be reached.
@@ -239,6 +264,7 @@ class Client:
         *,
         on_packets: Callable[[list[bytes]], None] | None = None,
         on_reconnect: Callable[[Client], None] | None = None,
+        on_routes: Callable[[tuple[Network, ...], tuple[Network, ...]], None] | None = None,
         queue_limit: int = 4096,
         backoff_initial: float = 0.25,
         backoff_max: float = 30.0,
@@ -249,6 +275,7 @@ class Client:
         self._trust = trust if isinstance(trust, quic.Trust) else quic.Trust(pin=trust)
         self.on_packets = on_packets
         self.on_reconnect = on_reconnect
+        self.on_routes = on_routes
         self.queue_limit = queue_limit
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -256,6 +283,8 @@ class Client:
         self.address_v4: ipaddress.IPv4Address | None = None
         self.address_v6: ipaddress.IPv6Address | None = None
         self.prefixes: tuple[Network, ...] = ()
+        self.control_version = 0
+        self._routes_changed = asyncio.Event()  # replaced by a fresh one at each change
         self.connected = asyncio.Event()
         self.stats: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -314,6 +343,46 @@ class Client:
         """The next whole IP packet from the edge (TimeoutError after ``timeout``)."""
         return await asyncio.wait_for(self._packets.get(), timeout)
 
+    # -- routes ------------------------------------------------------------------
+
+    def route_for(self, address: Address) -> Network | None:
+        """The longest allowed prefix that covers ``address``, or None."""
+        ip = ipaddress.ip_address(address)
+        covering = [p for p in self.prefixes if p.version == ip.version and ip in p]
+        return max(covering, key=lambda p: p.prefixlen) if covering else None
+
+    async def wait_for_route(self, address: Address, timeout: float) -> Network:
+        """The prefix that covers ``address``, as soon as the edge allows one (at once if
+        it does already). Raises NoRouteError after ``timeout`` seconds without one."""
+        ip = ipaddress.ip_address(address)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            prefix = self.route_for(ip)
+            if prefix is not None:
+                return prefix
+            changed = self._routes_changed
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                raise NoRouteError(ip, self.prefixes, timeout) from None
+
+    def _set_routes(self, prefixes: tuple[Network, ...]) -> None:
+        previous = self.prefixes
+        if set(prefixes) == set(previous):
+            return
+        self.prefixes = prefixes
+        self.stats["route_changes"] += 1
+        log.debug("the edge allows this client %s (was %s)", ", ".join(map(str, prefixes)) or "nothing",
+                  ", ".join(map(str, previous)) or "nothing")
+        changed, self._routes_changed = self._routes_changed, asyncio.Event()
+        changed.set()
+        if self.on_routes is not None:
+            self.on_routes(previous, prefixes)
+
     # -- UDP sessions ------------------------------------------------------------
 
     async def open_udp(
@@ -361,9 +430,24 @@ class Client:
         connection.send_datagrams(datagrams)
 
     async def _connect_once(self, closed: asyncio.Event) -> None:
+        # Route updates may come right behind the welcome, before dial returns: the
+        # newest of those replaces the welcome's set.
+        early: list[tuple[Network, ...]] = []
+        welcomed = False
+
+        def on_message(message: ControlMessage) -> None:
+            if isinstance(message, Error):  # sent just before the edge closes the connection
+                log.error("the edge is closing the connection: %s", message.reason)
+            elif not isinstance(message, RouteUpdate):
+                self.drops["unexpected_control_message"] += 1
+            elif welcomed:
+                self._set_routes(message.prefixes)
+            else:
+                early.append(message.prefixes)
+
         connection, welcome = await dial(
             self.edge_host, self.edge_port, trust=self._trust, role=ROLE_CLIENT, token=self._token,
-            on_datagrams=self._on_datagrams, timeout=self.connect_timeout,
+            on_datagrams=self._on_datagrams, on_message=on_message, timeout=self.connect_timeout,
         )
 
         def on_closed(_: quic.TunnelConnection, code: int, reason: str) -> None:
@@ -372,7 +456,10 @@ class Client:
 
         connection.on_closed = on_closed
         self._connection = connection
-        self.address_v4, self.address_v6, self.prefixes = welcome.client_v4, welcome.client_v6, welcome.prefixes
+        self.address_v4, self.address_v6 = welcome.client_v4, welcome.client_v6
+        self.control_version = welcome.version
+        welcomed = True
+        self._set_routes(early[-1] if early else welcome.prefixes)
         self.stats["connections"] += 1
         if connection.is_closed:
             closed.set()

@@ -3,16 +3,28 @@
 Secrets stay out of ``ps``: a token argument of the form ``env:NAME`` is read from the
 environment variable NAME, and ``@PATH`` from a file (one token per line; blank lines
 and lines starting with ``#`` are skipped).
+
+SIGHUP reloads the configuration without dropping connections: the ``--config`` file
+(and every ``@FILE`` / ``env:NAME`` token source) is read again and merged under the
+flags of the command line, as at start. The edge applies client tokens, their policies,
+connector tokens, ``max_connections_per_token`` and the log level; the connector its
+routes and the log level. What changed is logged (never a token itself); settings that
+need a restart (the listening address, certificates, pools, the edge to dial...) are
+named and keep their old value. A configuration that fails to load is logged and the
+old one stays in force.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import ipaddress
 import logging
 import os
 import signal
+from collections.abc import Callable
+from typing import Any
 
 from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, network_arg
 from ..logs import add_logging_arguments, configure_logging, format_address
@@ -45,24 +57,27 @@ def resolve_tokens(values: list[str]) -> list[str]:
     return tokens
 
 
-def client_policies(tokens: list[str], policies: list[str]) -> dict[str, tuple[Network, ...] | None]:
-    """The edge's client table: each ``--client-token`` (None: it reaches ``client_allow``) and each
-    ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes). ValueError says what is wrong."""
+def client_policies(tokens: list[str], policies: list[str], *,
+                    role: str = "client") -> dict[str, tuple[Network, ...] | None]:
+    """The edge's token table for ``role`` (``client`` or ``connector``): each
+    ``--client-token`` (None: it reaches ``client_allow``; for connectors: it announces
+    anything) and each ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes; for
+    connectors, ``--connector-policy``). ValueError says what is wrong."""
     table: dict[str, tuple[Network, ...] | None] = {token: None for token in resolve_tokens(tokens)}
     for policy in policies:
         reference, sep, cidrs = policy.rpartition("=")
         if not sep or not reference or not cidrs:
-            raise ValueError(f"client policy must be TOKEN=CIDR[,CIDR...], got {policy!r}")
+            raise ValueError(f"{role} policy must be TOKEN=CIDR[,CIDR...], got {policy!r}")
         try:
             networks = tuple(ipaddress.ip_network(c.strip(), strict=True) for c in cidrs.split(","))
         except ValueError as exc:
-            raise ValueError(f"client policy {reference}=...: {exc}") from None
+            raise ValueError(f"{role} policy {reference}=...: {exc}") from None
         for token in resolve_tokens([reference]):
             if token in table:
-                raise ValueError(f"client policy {reference}: the token is given twice")
+                raise ValueError(f"{role} policy {reference}: the token is given twice")
             table[token] = networks
     if not table:
-        raise ValueError("no client token: give --client-token or --client-policy")
+        raise ValueError(f"no {role} token: give --{role}-token or --{role}-policy")
     return table
 
 
@@ -102,6 +117,8 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                       help=f"a token clients may present (they reach --client-allow); repeatable {token_help}")
     edge.add_argument("--client-policy", action="append", metavar="TOKEN=CIDR[,CIDR...]",
                       help="a client token that may reach only these prefixes; repeatable")
+    edge.add_argument("--connector-policy", action="append", metavar="TOKEN=CIDR[,CIDR...]",
+                      help="a connector token that may announce only prefixes inside these; repeatable")
     edge.add_argument("--client-pool", action="append", type=network_arg, metavar="CIDR",
                       help="where client addresses come from (one IPv4, one IPv6); the first address is the "
                       "edge's own (default 100.96.0.0/16 and fd00:fa57::/64)")
@@ -139,16 +156,38 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     connector.set_defaults(run=_run_connector)
 
 
-def _configured(args: argparse.Namespace, section: str) -> None:
-    """Merge --config under the flags and set up logging; exit with the config error's text."""
+def _configured(args: argparse.Namespace, section: str) -> argparse.Namespace:
+    """Merge --config under the flags and set up logging; exit with the config error's text.
+    Returns a copy of the command line as given, for reloads (``_reloaded``)."""
+    command_line = copy.copy(args)
     try:
         apply_config(args, section)
     except ConfigError as exc:
         raise SystemExit(f"fastproxy {section}: {exc}") from None
     configure_logging(args.log_format, args.verbose)
+    return command_line
 
 
-def _serve_forever(main: object) -> int:
+def _reloaded(command_line: argparse.Namespace, section: str) -> argparse.Namespace:
+    """The settings as a start now would make them: the config file read again and merged
+    under the same flags. Raises ConfigError."""
+    return apply_config(copy.copy(command_line), section)
+
+
+def _reload_logging(old: argparse.Namespace, new: argparse.Namespace, changes: list[str]) -> None:
+    if (old.log_format, bool(old.verbose)) != (new.log_format, bool(new.verbose)):
+        configure_logging(new.log_format, new.verbose)
+        changes.append(f"log level {'debug' if new.verbose else 'info'}, format {new.log_format}")
+
+
+def _needs_restart(old: argparse.Namespace, new: argparse.Namespace, keys: tuple[str, ...]) -> None:
+    """Warn about each setting in ``keys`` that changed but applies only at start."""
+    for key in keys:
+        if getattr(old, key) != getattr(new, key):
+            log.warning("SIGHUP: %s changed, which needs a restart; the running value stays", key)
+
+
+def _serve_forever(main: object, on_hangup: Callable[[], None] | None = None) -> int:
     try:
         import uvloop
 
@@ -159,9 +198,12 @@ def _serve_forever(main: object) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers: list[tuple[Any, Callable[[], None]]] = [(signal.SIGINT, stop.set), (signal.SIGTERM, stop.set)]
+        if on_hangup is not None and hasattr(signal, "SIGHUP"):
+            handlers.append((signal.SIGHUP, on_hangup))
+        for sig, handler in handlers:
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass
         await main(stop)  # type: ignore[operator]
@@ -175,14 +217,13 @@ def _run_edge(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
 
     from .certs import certificate_fingerprint, generate_self_signed
-    from .edge import DEFAULT_CLIENT_POOLS, Edge, EdgeConfig
+    from .edge import Edge
 
-    _configured(args, "edge")
+    command_line = _configured(args, "edge")
     if (args.cert is None) != (args.key is None):
         raise SystemExit("fastproxy edge: --cert and --key go together")
     try:
-        client_tokens = client_policies(args.client_token or [], args.client_policy or [])
-        connector_tokens = resolve_tokens(args.connector_token)
+        config = _edge_config(args)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"fastproxy edge: {exc}") from None
     if args.cert is None:
@@ -202,16 +243,27 @@ def _run_edge(args: argparse.Namespace) -> int:
             raise SystemExit(f"fastproxy edge: --cert {cert_file} / --key {key_file}: "
                              f"need a PEM certificate and its unencrypted PEM key: {exc}") from None
         log.info("certificate SHA-256 pin: %s", certificate_fingerprint(cert_pem))
-    config = EdgeConfig(
-        client_tokens=client_tokens,
-        connector_tokens=tuple(connector_tokens),
-        client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
-        client_allow=tuple(args.client_allow or ()),
-        max_connections_per_token=args.max_connections_per_token,
-    )
+    edge = Edge(config, cert_file=cert_file, key_file=key_file)
+    running = args
+
+    def reload() -> None:
+        nonlocal running
+        try:
+            fresh = _reloaded(command_line, "edge")
+            new_config = _edge_config(fresh)
+        except (ConfigError, OSError, ValueError) as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
+            return
+        _needs_restart(running, fresh, ("listen", "cert", "key", "client_pool", "metrics"))
+        new_config.client_pools = edge.router.config.client_pools
+        changes = _edge_changes(edge.router.config, new_config)
+        edge.reconfigure(new_config)
+        _reload_logging(running, fresh, changes)
+        running = fresh
+        log.info("SIGHUP: configuration reloaded%s: %s", f" from {fresh.config}" if fresh.config else "",
+                 "; ".join(changes) or "nothing changed")
 
     async def main(stop: asyncio.Event) -> None:
-        edge = Edge(config, cert_file=cert_file, key_file=key_file)
         try:
             await edge.start(*args.listen)
         except OSError as exc:
@@ -223,14 +275,57 @@ def _run_edge(args: argparse.Namespace) -> int:
             metrics.close()
         edge.close()
 
-    return _serve_forever(main)
+    return _serve_forever(main, reload)
+
+
+def _edge_config(args: argparse.Namespace) -> Any:
+    """The EdgeConfig of these (merged) settings; ValueError / OSError say what is wrong."""
+    from .edge import DEFAULT_CLIENT_POOLS, EdgeConfig
+
+    connectors = client_policies(args.connector_token or [], args.connector_policy or [], role="connector")
+    return EdgeConfig(
+        client_tokens=client_policies(args.client_token or [], args.client_policy or []),
+        connector_tokens=tuple(token for token, allowed in connectors.items() if allowed is None),
+        connector_policies={token: allowed for token, allowed in connectors.items() if allowed is not None},
+        client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
+        client_allow=tuple(args.client_allow or ()),
+        max_connections_per_token=args.max_connections_per_token,
+    )
+
+
+def _edge_changes(old: Any, new: Any) -> list[str]:
+    """What a reload changes, in words, without naming any token (they are secrets)."""
+    changes = []
+    added = len(new.client_tokens.keys() - old.client_tokens.keys())
+    removed = len(old.client_tokens.keys() - new.client_tokens.keys())
+    policies = sum(1 for token in new.client_tokens.keys() & old.client_tokens.keys()
+                   if new.client_tokens[token] != old.client_tokens[token])
+    if added or removed:
+        changes.append(f"client tokens: {added} added, {removed} removed")
+    if policies:
+        changes.append(f"client policies: {policies} changed")
+    if new.client_allow != old.client_allow:
+        changes.append("client_allow: " + (", ".join(map(str, new.client_allow)) or "every announced route"))
+    old_connectors = dict.fromkeys(old.connector_tokens) | dict(old.connector_policies)
+    new_connectors = dict.fromkeys(new.connector_tokens) | dict(new.connector_policies)
+    added = len(new_connectors.keys() - old_connectors.keys())
+    removed = len(old_connectors.keys() - new_connectors.keys())
+    policies = sum(1 for token in new_connectors.keys() & old_connectors.keys()
+                   if new_connectors[token] != old_connectors[token])
+    if added or removed:
+        changes.append(f"connector tokens: {added} added, {removed} removed")
+    if policies:
+        changes.append(f"connector policies: {policies} changed")
+    if new.max_connections_per_token != old.max_connections_per_token:
+        changes.append(f"max_connections_per_token {new.max_connections_per_token}")
+    return changes
 
 
 def _run_connector(args: argparse.Namespace) -> int:
     from .connector import Connector
     from .quic import Trust
 
-    _configured(args, "connector")
+    command_line = _configured(args, "connector")
     try:
         (token,) = resolve_tokens([args.token])
     except (OSError, ValueError) as exc:
@@ -249,6 +344,29 @@ def _run_connector(args: argparse.Namespace) -> int:
     except BackendUnavailable as exc:
         raise SystemExit(f"fastproxy connector: ICMP backend {args.backend!r} unavailable: {exc}") from None
     log.info("ICMP backend: %s", connector.icmp.proxy.backend.name)  # type: ignore[union-attr]
+    running = args
+
+    def reload() -> None:
+        nonlocal running
+        try:
+            fresh = _reloaded(command_line, "connector")
+        except ConfigError as exc:
+            log.error("SIGHUP: configuration not reloaded, the running one stays: %s", exc)
+            return
+        _needs_restart(running, fresh, ("edge", "token", "ca", "pin", "insecure", "backend", "metrics"))
+        changes: list[str] = []
+        old_routes, new_routes = list(connector.routes), list(dict.fromkeys(fresh.route))
+        if new_routes != old_routes:
+            added = [str(r) for r in new_routes if r not in old_routes]
+            removed = [str(r) for r in old_routes if r not in new_routes]
+            changes.append("routes " + ", ".join(map(str, new_routes))
+                           + (f" (added {', '.join(added)})" if added else "")
+                           + (f" (removed {', '.join(removed)})" if removed else ""))
+            connector.update_routes(new_routes)
+        _reload_logging(running, fresh, changes)
+        running = fresh
+        log.info("SIGHUP: configuration reloaded%s: %s", f" from {fresh.config}" if fresh.config else "",
+                 "; ".join(changes) or "nothing changed")
 
     async def main(stop: asyncio.Event) -> None:
         await connector.start()
@@ -258,7 +376,7 @@ def _run_connector(args: argparse.Namespace) -> int:
             metrics.close()
         await connector.close()
 
-    return _serve_forever(main)
+    return _serve_forever(main, reload)
 
 
 async def _start_metrics(address: tuple[str, int] | None, **objects: object) -> asyncio.Server | None:

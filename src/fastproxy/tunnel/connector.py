@@ -11,6 +11,7 @@ connection (one ``send_datagrams`` call). The handler gets
   (memoryviews valid during the call),
 - ``client_gone(addresses)`` when the edge says a client left (control message
   CLIENT_GONE with its 4- and 16-byte tunnel addresses): its flows can go now,
+- ``set_routes(routes)`` (if it has one) when the connector's routes change,
 - ``close()`` when the connector stops.
 
 Clients are told apart by their tunnel address (the edge drops spoofed sources), which
@@ -18,6 +19,10 @@ stays the same across a reconnect of this connector, so ICMP flows survive it.
 
 Reconnects: exponential backoff with full jitter, from ``backoff_initial`` up to
 ``backoff_max`` seconds, reset after a connection that stayed up.
+
+Routes can change while it runs (``update_routes``, what SIGHUP does): the connector
+announces the new set on its connection (control protocol version 2) and the edge
+tells the clients; with an edge of version 1 it reconnects to announce them.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagr
 from ..errors import MalformedDatagram
 from ..logs import format_address
 from . import quic
-from .control import ROLE_CONNECTOR, ClientGone, ControlMessage, Network
+from .control import (
+    ROLE_CONNECTOR,
+    Announce,
+    ClientGone,
+    ControlMessage,
+    Error,
+    Network,
+    Welcome,
+    encode_message,
+)
 from .dial import Backoff, TunnelRejected, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
@@ -57,6 +71,9 @@ class IcmpHandler(Protocol):
 
 
 IcmpHandlerFactory = Callable[[IcmpSink], IcmpHandler]
+
+EARLY_DATAGRAM_LIMIT = 256
+"""Datagrams kept while the welcome is on its way (see ``Connector._on_datagrams``)."""
 
 
 class Connector:
@@ -117,8 +134,10 @@ class Connector:
             icmp_handler_factory = icmp_proxy_factory(self.routes, icmp_backend)
         self.icmp: IcmpHandler | None = icmp_handler_factory(self._send_icmp) if icmp_handler_factory else None
         self._connection: quic.TunnelConnection | None = None
+        self.control_version = 0  # what the edge speaks on the current connection
         self._conn_id = 0
         self._sessions: UdpSessionTable | None = None
+        self._early: list[tuple[quic.TunnelConnection, list[bytes]]] = []
         self._task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
 
@@ -158,6 +177,26 @@ class Connector:
         if self.icmp is not None:
             self.icmp.close()
 
+    def update_routes(self, routes: Sequence[Network]) -> None:
+        """Serve ``routes`` from now on: the ICMP proxy and new UDP sessions take them at
+        once, and the edge is told (an announce on the current connection; a reconnect
+        when the edge speaks control protocol version 1)."""
+        self.routes = tuple(routes)
+        set_routes = getattr(self.icmp, "set_routes", None)
+        if set_routes is not None:
+            set_routes(self.routes)
+        if self._sessions is not None:
+            self._sessions.allowed = self.routes
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            return  # the next connection announces them
+        if self.control_version >= 2:
+            connection.send_control(encode_message(Announce(self.routes), self.control_version))
+        else:
+            log.warning("the edge speaks control protocol version 1, which cannot take new routes on a "
+                        "connection: reconnecting to announce them")
+            connection.close(0, "connector routes changed")
+
     async def _run(self) -> None:
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
@@ -176,12 +215,14 @@ class Connector:
             await asyncio.sleep(backoff.next_delay())
 
     async def _connect_once(self, closed: asyncio.Event) -> None:
-        connection, _welcome = await dial(
+        connection, welcome = await dial(
             self.edge_host, self.edge_port, trust=self._trust, role=ROLE_CONNECTOR, token=self._token,
             prefixes=self.routes, on_datagrams=self._on_datagrams, on_message=self._on_message,
         )
         self._conn_id += 1
         self._connection = connection
+        self.control_version = welcome.version
+        self._check_accepted(welcome)
         self._sessions = UdpSessionTable(
             connection.send_datagrams, allowed=self.routes, max_sessions=self.max_udp_sessions,
             default_idle_timeout=self.udp_idle_timeout, drops=self.udp_drops, stats=self.udp_stats,
@@ -202,6 +243,9 @@ class Connector:
                         "role": ROLE_CONNECTOR, "prefixes": [str(p) for p in self.routes]})
         self.connected.set()
         self._expiry_task = asyncio.get_running_loop().create_task(self._expire_loop(connection))
+        early, self._early = self._early, []
+        for sender, batch in early:
+            self._on_datagrams(sender, batch)
 
     async def _expire_loop(self, connection: quic.TunnelConnection) -> None:
         while not connection.is_closed and self._connection is connection:
@@ -211,6 +255,7 @@ class Connector:
 
     def _drop_connection(self) -> None:
         self.connected.clear()
+        self._early.clear()
         if self._expiry_task is not None:  # not left pending after close()
             self._expiry_task.cancel()
             self._expiry_task = None
@@ -229,8 +274,20 @@ class Connector:
             return
         connection.send_datagrams([encode_icmp(packet) for packet in packets])
 
+    def _check_accepted(self, welcome: Welcome) -> None:
+        refused = [p for p in self.routes if p not in welcome.prefixes]
+        if refused:
+            log.warning("the edge refused the routes %s: this connector's token may not announce them "
+                        "(the edge's connector_policy for it)", ", ".join(map(str, refused)))
+
     def _on_message(self, message: ControlMessage) -> None:
-        if isinstance(message, ClientGone):
+        if isinstance(message, Welcome):  # the edge's answer to an announce after the first
+            self.stats["announces_accepted"] += 1
+            log.info("the edge accepted the routes: %s", ", ".join(map(str, message.prefixes)) or "none")
+            self._check_accepted(message)
+        elif isinstance(message, Error):  # sent just before the edge closes the connection
+            log.error("the edge is closing the connection: %s", message.reason)
+        elif isinstance(message, ClientGone):
             self.stats["clients_gone"] += 1
             if self.icmp is not None:
                 addresses = [a.packed for a in (message.client_v4, message.client_v6) if a is not None]
@@ -241,7 +298,13 @@ class Connector:
     def _on_datagrams(self, connection: quic.TunnelConnection, datagrams: list[bytes]) -> None:
         sessions = self._sessions
         if sessions is None or connection is not self._connection:
-            self.drops["datagram_before_welcome"] += len(datagrams)
+            # The edge routes to this connector as soon as it has the announce, and its
+            # clients are told at once: their first packets can come a moment before
+            # dial() has returned here. Keep them (bounded) for when it has.
+            if self._connection is None and sum(len(b) for _, b in self._early) + len(datagrams) <= EARLY_DATAGRAM_LIMIT:
+                self._early.append((connection, datagrams))
+            else:
+                self.drops["datagram_before_welcome"] += len(datagrams)
             return
         icmp_packets: list[memoryview] = []
         for data in datagrams:

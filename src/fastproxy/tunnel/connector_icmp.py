@@ -98,6 +98,10 @@ class IcmpProxyHandler:
             if client_id is not None:
                 self._service.close_connection(client_id)
 
+    def set_routes(self, routes: Sequence[Network]) -> None:
+        """Let clients reach ``routes`` from now on (the connector's routes changed)."""
+        self.proxy.set_allowed_prefixes(routes)
+
     def close(self) -> None:
         """Close every flow and the backend."""
         self._service.close()

@@ -7,7 +7,7 @@ big-endian, strings UTF-8.
 Frame (every message)::
 
     0-1  body length N (u16, 2 <= N <= MAX_MESSAGE_SIZE)
-    2    version (u8, PROTOCOL_VERSION = 1)
+    2    version (u8: the connection's control-protocol version, see "Versions")
     3    type (u8)
     4..  type-specific fields, exactly N - 2 bytes (no trailing bytes)
 
@@ -25,6 +25,8 @@ ERROR       0x04  code u16 (ERROR_* below) · reason length u16 · reason (UTF-8
 CLIENT_GONE 0x05  client IPv4 (4 bytes, 0.0.0.0 = none) · client IPv6 (16 bytes, :: = none)
                   (edge -> every connector: that client's connection ended, so the
                   connector frees its ICMP flows now instead of letting them expire)
+ROUTES      0x06  prefix list (version 2; edge -> client: the full set it may reach now,
+                  sent whenever that set changes; it replaces the previous set)
 ==========  ====  ======================================================================
 
 A prefix list is a count u16 (at most MAX_PREFIXES) and, for each prefix, family u8 (4
@@ -36,13 +38,35 @@ WELCOME, or ERROR and closes. After its WELCOME a connector may receive CLIENT_G
 any time. Decoding is strict: every length is checked before it is
 read, and anything malformed raises MalformedControlMessage with a stable ``reason``
 (one of CONTROL_MALFORMED_REASONS), after which the connection is closed.
+
+Versions (SUPPORTED_VERSIONS; PROTOCOL_VERSION is the newest):
+
+- 1: the messages above except ROUTES. A client learns its prefixes once, in WELCOME.
+- 2: routes live. The edge sends a client ROUTES with its whole reachable set (what is
+  announced now, within its policy) each time that set changes; a connector may send
+  ANNOUNCE again at any time, which replaces the prefixes it serves (the edge answers
+  WELCOME again). Every version-1 layout is unchanged.
+
+Negotiation: the dialling side frames its HELLO with the highest version it speaks.
+HELLO's layout is the same in every version, so an edge reads a HELLO of any version
+>= 1 and speaks ``negotiate(hello.version)`` (the lower of the two) from its WELCOME on:
+every later message on that connection, both ways, is framed with that version, and only
+the messages that version defines are sent. Every other message must carry a version
+in SUPPORTED_VERSIONS (else ``unsupported_version``), and its type must exist in that
+version (else ``unknown_message_type``: a ROUTES framed as version 1 is one); either is
+a protocol error that closes the connection, since a peer sends only what was
+negotiated. Old peers: an edge of version 1 refuses a version-2 HELLO with ERROR
+(ERROR_PROTOCOL, reason ``malformed control message: unsupported_version``) and closes;
+the dialling side then dials again speaking version 1 (``is_version_refusal``), and
+gets version-1 behaviour (no ROUTES; a connector that changes its routes reconnects).
+A version-1 client or connector gets version-1 behaviour from a version-2 edge.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from ..errors import FastproxyError
@@ -60,6 +84,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "ROLE_CLIENT",
     "ROLE_CONNECTOR",
+    "SUPPORTED_VERSIONS",
     "Announce",
     "ClientGone",
     "ControlDecoder",
@@ -68,12 +93,16 @@ __all__ = [
     "Hello",
     "MalformedControlMessage",
     "Network",
+    "RouteUpdate",
     "Welcome",
     "decode_message",
     "encode_message",
+    "is_version_refusal",
+    "negotiate",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 MAX_MESSAGE_SIZE = 16384
 MAX_TOKEN_LENGTH = 1024
 MAX_PREFIXES = 1024
@@ -88,6 +117,9 @@ _TYPE_ANNOUNCE = 0x02
 _TYPE_WELCOME = 0x03
 _TYPE_ERROR = 0x04
 _TYPE_CLIENT_GONE = 0x05
+_TYPE_ROUTES = 0x06
+# The first version that defines each type.
+_SINCE = {_TYPE_HELLO: 1, _TYPE_ANNOUNCE: 1, _TYPE_WELCOME: 1, _TYPE_ERROR: 1, _TYPE_CLIENT_GONE: 1, _TYPE_ROUTES: 2}
 
 # Error codes: also used as the QUIC application close code.
 ERROR_PROTOCOL = 0x01
@@ -126,10 +158,12 @@ class MalformedControlMessage(FastproxyError, ValueError):
 
 @dataclass(frozen=True)
 class Hello:
-    """First message of a client or connector: its role and its token ("" = none)."""
+    """First message of a client or connector: its role, its token ("" = none) and the
+    highest control-protocol version it speaks (the frame's version byte)."""
 
     role: str
     token: str = ""
+    version: int = field(default=PROTOCOL_VERSION, compare=False)
 
 
 @dataclass(frozen=True)
@@ -146,6 +180,16 @@ class Welcome:
 
     client_v4: ipaddress.IPv4Address | None
     client_v6: ipaddress.IPv6Address | None
+    prefixes: tuple[Network, ...]
+    version: int = field(default=PROTOCOL_VERSION, compare=False)
+    """The version the edge speaks on this connection from now on (the frame's version byte)."""
+
+
+@dataclass(frozen=True)
+class RouteUpdate:
+    """Edge -> client (version 2): every prefix the client may reach now; replaces the
+    set of the WELCOME or of the previous RouteUpdate."""
+
     prefixes: tuple[Network, ...]
 
 
@@ -165,7 +209,18 @@ class ClientGone:
     client_v6: ipaddress.IPv6Address | None
 
 
-ControlMessage = Union[Hello, Announce, Welcome, Error, ClientGone]
+ControlMessage = Union[Hello, Announce, Welcome, Error, ClientGone, RouteUpdate]
+
+
+def negotiate(peer_version: int) -> int:
+    """The version a connection speaks when the peer's HELLO says ``peer_version``."""
+    return min(peer_version, PROTOCOL_VERSION)
+
+
+def is_version_refusal(code: int, reason: str) -> bool:
+    """True if an edge's ERROR (``code``, ``reason``) is how a version-1 edge refuses a
+    HELLO of a newer version (then dial again with ``Hello(..., version=1)``)."""
+    return code == ERROR_PROTOCOL and "unsupported_version" in reason
 
 _ZERO_V4 = ipaddress.IPv4Address(0)
 _ZERO_V6 = ipaddress.IPv6Address(0)
@@ -187,8 +242,14 @@ def _encode_prefixes(prefixes: tuple[Network, ...]) -> bytes:
     return b"".join(parts)
 
 
-def encode_message(message: ControlMessage) -> bytes:
-    """The framed bytes of ``message`` (ValueError for values the format cannot carry)."""
+def encode_message(message: ControlMessage, version: int | None = None) -> bytes:
+    """The framed bytes of ``message`` in control-protocol ``version`` (default: a Hello's
+    or Welcome's own ``version``, else PROTOCOL_VERSION). ValueError for values the
+    format cannot carry, and for a message that ``version`` does not define."""
+    if version is None:
+        version = message.version if isinstance(message, (Hello, Welcome)) else PROTOCOL_VERSION
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"control protocol version {version} is not one of {SUPPORTED_VERSIONS}")
     if isinstance(message, Hello):
         if message.role not in _ROLE_CODES:
             raise ValueError(f"unknown role {message.role!r}")
@@ -210,12 +271,17 @@ def encode_message(message: ControlMessage) -> bytes:
     elif isinstance(message, ClientGone):
         kind = _TYPE_CLIENT_GONE
         body = (message.client_v4 or _ZERO_V4).packed + (message.client_v6 or _ZERO_V6).packed
+    elif isinstance(message, RouteUpdate):
+        kind, body = _TYPE_ROUTES, _encode_prefixes(message.prefixes)
     else:
         raise TypeError(f"not a control message: {message!r}")
+    if version < _SINCE[kind]:
+        raise ValueError(f"{type(message).__name__} needs control protocol version {_SINCE[kind]}, "
+                         f"this connection speaks {version}")
     length = 2 + len(body)
     if length > MAX_MESSAGE_SIZE:
         raise ValueError(f"message of {length} bytes exceeds {MAX_MESSAGE_SIZE}")
-    return struct.pack("!HBB", length, PROTOCOL_VERSION, kind) + body
+    return struct.pack("!HBB", length, version, kind) + body
 
 
 class _Reader:
@@ -295,8 +361,12 @@ def decode_message(frame: bytes) -> ControlMessage:
 
 def _decode_body(body: bytes) -> ControlMessage:
     version, kind = body[0], body[1]
-    if version != PROTOCOL_VERSION:
-        raise MalformedControlMessage("unsupported_version", f"version {version}, expected {PROTOCOL_VERSION}")
+    # HELLO's layout never changes, so any version >= 1 is read (it says what the peer speaks).
+    if version not in SUPPORTED_VERSIONS and not (kind == _TYPE_HELLO and version >= 1):
+        raise MalformedControlMessage("unsupported_version",
+                                      f"version {version}, expected one of {SUPPORTED_VERSIONS}")
+    if kind not in _SINCE or (kind != _TYPE_HELLO and _SINCE[kind] > version):
+        raise MalformedControlMessage("unknown_message_type", f"type 0x{kind:02x} in version {version}")
     reader = _Reader(body)
     reader.pos = 2
     message: ControlMessage
@@ -305,13 +375,14 @@ def _decode_body(body: bytes) -> ControlMessage:
         if role_code not in _ROLE_NAMES:
             raise MalformedControlMessage("bad_role", f"role {role_code}")
         token = reader.text("token", MAX_TOKEN_LENGTH, "token_too_long")
-        message = Hello(_ROLE_NAMES[role_code], token)
+        message = Hello(_ROLE_NAMES[role_code], token, version)
     elif kind == _TYPE_ANNOUNCE:
         message = Announce(reader.prefixes())
     elif kind == _TYPE_WELCOME:
         v4 = ipaddress.IPv4Address(reader.take(4, "client IPv4"))
         v6 = ipaddress.IPv6Address(reader.take(16, "client IPv6"))
-        message = Welcome(v4 if v4 != _ZERO_V4 else None, v6 if v6 != _ZERO_V6 else None, reader.prefixes())
+        message = Welcome(v4 if v4 != _ZERO_V4 else None, v6 if v6 != _ZERO_V6 else None, reader.prefixes(),
+                          version)
     elif kind == _TYPE_CLIENT_GONE:
         v4 = ipaddress.IPv4Address(reader.take(4, "client IPv4"))
         v6 = ipaddress.IPv6Address(reader.take(16, "client IPv6"))
@@ -319,8 +390,8 @@ def _decode_body(body: bytes) -> ControlMessage:
     elif kind == _TYPE_ERROR:
         code = reader.u16("error code")
         message = Error(code, reader.text("reason", 1024, "message_too_long"))
-    else:
-        raise MalformedControlMessage("unknown_message_type", f"type 0x{kind:02x}")
+    else:  # _TYPE_ROUTES (every other type was refused above)
+        message = RouteUpdate(reader.prefixes())
     reader.finish()
     return message
 

@@ -1,9 +1,14 @@
 """Dialling the edge: QUIC handshake, then hello (and announce) on the control stream,
-then the edge's welcome. Shared by connectors and clients."""
+then the edge's welcome. Shared by connectors and clients.
+
+The hello offers the newest control protocol (PROTOCOL_VERSION); an edge that speaks
+only version 1 refuses it, and the dial is made once more speaking version 1 (see
+fastproxy.tunnel.control, "Negotiation"). ``welcome.version`` is what was agreed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +16,7 @@ from collections.abc import Callable, Sequence
 from ..errors import FastproxyError
 from . import quic
 from .control import (
+    PROTOCOL_VERSION,
     ROLE_CONNECTOR,
     Announce,
     ControlDecoder,
@@ -21,9 +27,12 @@ from .control import (
     Network,
     Welcome,
     encode_message,
+    is_version_refusal,
 )
 
 __all__ = ["Backoff", "TunnelRejected", "dial"]
+
+log = logging.getLogger("fastproxy.dial")
 
 
 class Backoff:
@@ -78,10 +87,28 @@ async def dial(
     on_datagrams: quic.DatagramHandler | None = None,
     on_message: Callable[[ControlMessage], None] | None = None,
     timeout: float = 10.0,
+    version: int = PROTOCOL_VERSION,
 ) -> tuple[quic.TunnelConnection, Welcome]:
     """Connect to the edge as ``role`` and wait for its welcome. Raises TunnelRejected if
     the edge refuses, ConnectionError if the handshake fails (wrong pin...), TimeoutError.
-    Control messages after the welcome (e.g. ClientGone for connectors) go to ``on_message``."""
+    Control messages after the welcome (ClientGone for connectors, RouteUpdate for
+    clients...) go to ``on_message``. ``version``: the control protocol to offer; an edge
+    that refuses it as too new is dialled again with version 1."""
+    try:
+        return await _dial_once(host, port, trust, role, token, prefixes, on_datagrams, on_message, timeout, version)
+    except TunnelRejected as exc:
+        if version == 1 or not is_version_refusal(exc.code, exc.reason):
+            raise
+    log.warning("the edge %s:%d speaks control protocol version 1 only: routes announced after this %s "
+                "connects reach it only when it reconnects; upgrade the edge", host, port, role)
+    return await _dial_once(host, port, trust, role, token, prefixes, on_datagrams, on_message, timeout, 1)
+
+
+async def _dial_once(
+    host: str, port: int, trust: quic.Trust, role: str, token: str, prefixes: Sequence[Network],
+    on_datagrams: quic.DatagramHandler | None, on_message: Callable[[ControlMessage], None] | None,
+    timeout: float, version: int,
+) -> tuple[quic.TunnelConnection, Welcome]:
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[Welcome] = loop.create_future()
     decoder = ControlDecoder()
@@ -112,9 +139,9 @@ async def dial(
         host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, on_closed=on_closed,
         timeout=timeout,
     )
-    message = encode_message(Hello(role, token))
+    message = encode_message(Hello(role, token, version))
     if role == ROLE_CONNECTOR:
-        message += encode_message(Announce(tuple(prefixes)))
+        message += encode_message(Announce(tuple(prefixes)), version)
     connection.send_control(message)
     try:
         welcome = await asyncio.wait_for(answer, timeout)

@@ -28,6 +28,7 @@ from .control import (
     MalformedControlMessage,
     Network,
     encode_message,
+    negotiate,
 )
 from .router import DEFAULT_CLIENT_POOLS, EdgeConfig, EdgeRouter, Outbound
 
@@ -52,7 +53,8 @@ class Edge:
     ``key_file`` a self-signed certificate is made; clients and connectors pin
     ``edge.fingerprint``. ``edge.router`` is the routing core with every counter;
     ``edge.stats`` counts connections (``connections_total_<role>``,
-    ``connections_rejected``).
+    ``connections_rejected``, ``connections_revoked``) and ``route_updates_sent``.
+    ``reconfigure(config)`` applies a reloaded configuration without dropping connections.
     """
 
     def __init__(
@@ -159,7 +161,7 @@ class Edge:
             self.router.auth_failures["hello_timeout"] += 1
             self._reject(self._connections[conn_id], Error(ERROR_AUTHENTICATION_FAILED, "no hello within 5 seconds"))
 
-    def _reject(self, connection: quic.TunnelConnection, error: Error) -> None:
+    def _reject(self, connection: quic.TunnelConnection, error: Error, version: int = 1) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
         peer = format_address(connection.remote_address)
         log.warning("rejecting %s: %s", peer, error.reason,
@@ -167,24 +169,65 @@ class Edge:
                            "reason": error.reason})
         self.stats["connections_rejected"] += 1
         try:
-            connection.send_control(encode_message(error))
+            connection.send_control(encode_message(error, version))
         finally:
             connection.close(error.code, error.reason)
 
+    def reconfigure(self, config: EdgeConfig) -> None:
+        """Apply a reloaded configuration: connections whose token is no longer accepted
+        are closed with a reason saying so; the others stay up, and clients whose
+        reachable set changed are told. ValueError (nothing changed) if it cannot apply."""
+        versions = {conn_id: self.router.version_of(conn_id) for conn_id in self._roles}
+        clients = {conn_id: self.router.client_addresses(conn_id) for conn_id in self._roles
+                   if self.router.is_client(conn_id)}
+        revoked = self.router.reconfigure(config)  # the router forgets these at once
+        for conn_id, error in revoked.items():
+            connection = self._connections.get(conn_id)
+            if connection is None:
+                continue
+            log.warning("closing %s %d from %s: %s", self._roles.get(conn_id, "peer"), conn_id,
+                        connection.remote_address, error.reason)
+            self.stats["connections_revoked"] += 1
+            connection.send_control(encode_message(error, versions.get(conn_id, 1)))
+            connection.close(error.code, error.reason)
+            self._roles.pop(conn_id, None)
+            if conn_id in clients:
+                self._client_gone(*clients[conn_id])
+        self._push_routes()
+
+    def _push_routes(self) -> None:
+        """Send each client the RouteUpdate the router recorded for it."""
+        sent = 0
+        for conn_id, update in self.router.take_route_updates().items():
+            connection = self._connections.get(conn_id)
+            if connection is None:
+                continue
+            connection.send_control(encode_message(update, self.router.version_of(conn_id)))
+            sent += 1
+            log.debug("client %d may now reach %s", conn_id, ", ".join(map(str, update.prefixes)) or "nothing")
+        if sent:
+            self.stats["route_updates_sent"] += sent
+            log.info("sent new routes to %d client%s", sent, "" if sent == 1 else "s")
+
     def _on_control(self, connection: quic.TunnelConnection, data: bytes) -> None:
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
+        if connection.close_code is not None:  # closing (rejected or revoked): nothing more is read
+            return
         try:
             messages = self._decoders[conn_id].feed(data)
         except MalformedControlMessage as exc:
             self.router.auth_failures[f"control_{exc.reason}"] += 1
-            self._reject(connection, Error(ERROR_PROTOCOL, f"malformed control message: {exc.reason}"))
+            self._reject(connection, Error(ERROR_PROTOCOL, f"malformed control message: {exc.reason}"),
+                         self.router.version_of(conn_id))
             return
         for message in messages:
             role = self._roles.get(conn_id)
+            version = self.router.version_of(conn_id)
             if role is None and isinstance(message, Hello):
+                version = negotiate(message.version)
                 result = self.router.authenticate(conn_id, message)
                 if isinstance(result, Error):
-                    self._reject(connection, result)
+                    self._reject(connection, result, version)
                     return
                 self._roles[conn_id] = message.role
                 self.stats[f"connections_total_{message.role}"] += 1
@@ -192,19 +235,32 @@ class Edge:
                     connection.send_control(encode_message(result))
                     peer = format_address(connection.remote_address)
                     addresses = [str(a) for a in (result.client_v4, result.client_v6) if a is not None]
-                    log.info("client %d from %s admitted: %s", conn_id, peer, ", ".join(addresses),
+                    log.info("client %d from %s admitted (control protocol %d): %s; may reach %s", conn_id, peer,
+                             version, ", ".join(addresses), ", ".join(map(str, result.prefixes)) or "nothing yet",
                              extra={"event": "admit", "peer": peer, "role": ROLE_CLIENT, "client_id": conn_id,
-                                    "addresses": addresses})
-            elif role == ROLE_CONNECTOR and isinstance(message, Announce) and not self.router.is_connector(conn_id):
-                connection.send_control(encode_message(self.router.announce(conn_id, message)))
+                                    "addresses": addresses, "prefixes": [str(p) for p in result.prefixes]})
+            elif role == ROLE_CONNECTOR and isinstance(message, Announce) and (
+                    version >= 2 or not self.router.is_connector(conn_id)):
+                again = self.router.is_connector(conn_id)
+                welcome = self.router.announce(conn_id, message)
+                connection.send_control(encode_message(welcome))
                 peer = format_address(connection.remote_address)
-                prefixes = [str(p) for p in message.prefixes]
-                log.info("connector %d from %s serves %s", conn_id, peer, ", ".join(prefixes),
+                refused = [p for p in message.prefixes if p not in welcome.prefixes]
+                if refused:
+                    log.warning("connector %d from %s may not announce %s (outside its token's connector policy)",
+                                conn_id, peer, ", ".join(map(str, refused)),
+                                extra={"event": "announce_refused", "peer": peer, "role": ROLE_CONNECTOR,
+                                       "connector_id": conn_id, "prefixes": [str(p) for p in refused]})
+                prefixes = [str(p) for p in welcome.prefixes]
+                log.info("connector %d from %s %s %s", conn_id, peer, "now serves" if again else "serves",
+                         ", ".join(prefixes) or "nothing",
                          extra={"event": "announce", "peer": peer, "role": ROLE_CONNECTOR, "connector_id": conn_id,
                                 "prefixes": prefixes})
+                self._push_routes()
             else:
                 self.router.auth_failures["unexpected_control_message"] += 1
-                self._reject(connection, Error(ERROR_PROTOCOL, f"unexpected {type(message).__name__} message"))
+                self._reject(connection, Error(ERROR_PROTOCOL, f"unexpected {type(message).__name__} message"),
+                             version)
                 return
 
     def _on_datagrams(self, connection: quic.TunnelConnection, datagrams: list[bytes]) -> None:
@@ -233,19 +289,25 @@ class Edge:
             self.stats["datagrams_in_closed"] += connection.datagrams_in
             self.stats["datagrams_out_closed"] += connection.datagrams_out
         self._decoders.pop(conn_id, None)
-        role = self._roles.pop(conn_id, None)
-        self._log_disconnect(connection, conn_id, role, code, reason)
-        gone = None
-        if self.router.is_client(conn_id):
-            v4, v6 = self.router.client_addresses(conn_id)
-            gone = encode_message(ClientGone(
-                ipaddress.IPv4Address(v4) if v4 else None, ipaddress.IPv6Address(v6) if v6 else None
-            ))
+        self._log_disconnect(connection, conn_id, self._roles.get(conn_id), code, reason)
+        self._forget(conn_id)
+
+    def _forget(self, conn_id: int) -> None:
+        """The router forgets ``conn_id``: connectors hear that a client went, clients
+        that a connector's prefixes went (idempotent)."""
+        self._roles.pop(conn_id, None)
+        addresses = self.router.client_addresses(conn_id) if self.router.is_client(conn_id) else None
         self.router.remove(conn_id)
-        if gone is not None:
-            # Connectors free that client's ICMP flows now (a reconnecting client may
-            # get the same address back; it must not inherit stale flows).
-            for connector_id in self.router.connector_ids():
-                peer = self._connections.get(connector_id)
-                if peer is not None:
-                    peer.send_control(gone)
+        if addresses is not None:
+            self._client_gone(*addresses)
+        self._push_routes()
+
+    def _client_gone(self, v4: bytes | None, v6: bytes | None) -> None:
+        """Tell every connector that the client with these addresses has gone, so they
+        free its ICMP flows now (a reconnecting client may get the same addresses back;
+        it must not inherit stale flows)."""
+        gone = ClientGone(ipaddress.IPv4Address(v4) if v4 else None, ipaddress.IPv6Address(v6) if v6 else None)
+        for connector_id in self.router.connector_ids():
+            peer = self._connections.get(connector_id)
+            if peer is not None:
+                peer.send_control(encode_message(gone, self.router.version_of(connector_id)))

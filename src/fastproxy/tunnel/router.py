@@ -27,6 +27,16 @@ Routing (DESIGN sections 1, 2, 4):
   registration outside the policy or with no route is refused at once with a
   registration response 0x01 (destination unreachable) saying why.
 Every drop is counted in ``EdgeRouter.drops`` under a stable reason.
+
+Living routes (control protocol version 2, DESIGN section 9): what a client may reach is
+what is announced now, within its policy (``reachable``). Whenever that set changes for
+a client that speaks version 2 — a connector announces, announces again (its new set
+replaces the old), goes away while no other serves its prefixes, or the configuration
+is reloaded (``reconfigure``) — the router records a RouteUpdate with the client's whole
+new set; the glue sends what ``take_route_updates`` returns. A connector taking over a
+prefix from one that left changes nothing a client sees, so nothing is sent. Version-1
+clients get what they always got (their policy, or what was announced when they
+connected) in their WELCOME only.
 """
 
 from __future__ import annotations
@@ -66,7 +76,9 @@ from .control import (
     Error,
     Hello,
     Network,
+    RouteUpdate,
     Welcome,
+    negotiate,
 )
 
 __all__ = ["DEFAULT_CLIENT_POOLS", "EdgeConfig", "EdgeRouter", "Network", "Outbound", "UNREACHABLE_CODES"]
@@ -100,7 +112,9 @@ class EdgeConfig:
 
     ``client_tokens`` maps each client token to the prefixes that client may reach (None:
     ``client_allow``, and when that is empty too, every announced route).
-    ``connector_tokens`` are the tokens connectors may present. ``client_pools`` are the
+    ``connector_tokens`` are the tokens connectors may present and announce any prefix
+    with; ``connector_policies`` maps more connector tokens to the only prefixes each may
+    announce (DESIGN section 9: others in its announce are refused). ``client_pools`` are the
     CIDRs client addresses come from (one IPv4, one IPv6 at most); the first address of
     each pool is the edge's own tunnel address. ``max_connections_per_token`` bounds the
     clients one token may have connected at once (each takes pool addresses; 0: no bound).
@@ -108,6 +122,7 @@ class EdgeConfig:
 
     client_tokens: dict[str, tuple[Network, ...] | None] = field(default_factory=dict)
     connector_tokens: tuple[str, ...] = ()
+    connector_policies: dict[str, tuple[Network, ...]] = field(default_factory=dict)
     client_pools: tuple[str, ...] = DEFAULT_CLIENT_POOLS
     client_allow: tuple[Network, ...] = ()
     max_sessions_per_client: int = 1024
@@ -244,6 +259,35 @@ def _in_prefixes(address: bytes, prefixes: tuple[Network, ...]) -> bool:
     return any(ip.version == p.version and ip in p for p in prefixes)
 
 
+def canonical_prefixes(prefixes: Iterable[Network]) -> tuple[Network, ...]:
+    """``prefixes`` without duplicates and without any that lies inside another, sorted
+    (IPv4 first): one spelling for each set, so that sets covering the same addresses
+    compare equal. Adjacent prefixes stay apart, as they were announced."""
+    ordered = sorted(set(prefixes), key=lambda p: (p.version, p.network_address, p.prefixlen))
+    result: list[Network] = []
+    for prefix in ordered:
+        # Sorted by address then length, a covering prefix comes before what it covers.
+        if not (result and result[-1].version == prefix.version and prefix.subnet_of(result[-1])):  # type: ignore[arg-type]
+            result.append(prefix)
+    return tuple(result)
+
+
+def intersect_prefixes(announced: Iterable[Network], policy: Iterable[Network]) -> tuple[Network, ...]:
+    """The addresses inside both sets, as canonical prefixes: of two prefixes that
+    overlap, the longer one lies inside the other (prefixes nest or are disjoint)."""
+    policy = tuple(policy)
+    common: list[Network] = []
+    for prefix in announced:
+        for allowed in policy:
+            if prefix.version != allowed.version:
+                continue
+            if prefix.subnet_of(allowed):  # type: ignore[arg-type]
+                common.append(prefix)
+            elif allowed.subnet_of(prefix):  # type: ignore[arg-type]
+                common.append(allowed)
+    return canonical_prefixes(common)
+
+
 @dataclass
 class _Client:
     conn_id: int
@@ -252,6 +296,17 @@ class _Client:
     allowed: tuple[Network, ...] | None  # None: every announced route
     token_key: bytes = b""
     sessions: set[bytes] = field(default_factory=set)
+    token: str = ""  # to re-check it when the configuration is reloaded
+    version: int = 1  # control protocol version of its connection
+    routes: tuple[Network, ...] = ()  # the set it was last told (version 2)
+
+
+@dataclass
+class _Connector:
+    token: str
+    version: int
+    announced: tuple[Network, ...] = ()  # what it asked for
+    prefixes: tuple[Network, ...] | None = None  # what was accepted; None until its first announce
 
 
 @dataclass
@@ -280,7 +335,8 @@ class EdgeRouter:
             self._pools[pool.network.version] = pool
         self._clients: dict[int, _Client] = {}
         self._client_by_address: dict[bytes, int] = {}
-        self._connectors: dict[int, tuple[Network, ...]] = {}
+        self._connectors: dict[int, _Connector] = {}  # authenticated; announced once prefixes is set
+        self._route_updates: dict[int, RouteUpdate] = {}
         self._routes = _PrefixTable()
         self._sessions: dict[bytes, _Session] = {}
         self._unreachable_limiter = TokenBucketLimiter(config.unreachable_rate, config.unreachable_burst)
@@ -309,16 +365,16 @@ class EdgeRouter:
         if hello.role == ROLE_CLIENT:
             token = _tokens_match(hello.token, self.config.client_tokens) if hello.token else None
         else:
-            token = _tokens_match(hello.token, self.config.connector_tokens) if hello.token else None
+            token = _tokens_match(hello.token, self._connector_tokens()) if hello.token else None
         if token is None:
             reason = "missing_token" if not hello.token else "bad_token"
             self.auth_failures[f"{hello.role}_{reason}"] += 1
             return Error(ERROR_AUTHENTICATION_FAILED, f"authentication failed: {reason.replace('_', ' ')}")
+        version = negotiate(hello.version)
         if hello.role == ROLE_CONNECTOR:
-            return Welcome(None, None, ())
-        allowed = self.config.client_tokens[token]
-        if allowed is None and self.config.client_allow:
-            allowed = self.config.client_allow
+            self._connectors[conn_id] = _Connector(token, version)
+            return Welcome(None, None, (), version=version)
+        allowed = self._policy(token)
         token_key = hashlib.sha256(token.encode("utf-8")).digest()
         # Each connection takes pool addresses: one token must not be able to use them all up.
         limit = self.config.max_connections_per_token
@@ -334,39 +390,145 @@ class EdgeRouter:
             self.auth_failures["pool_exhausted"] += 1
             return Error(ERROR_PROTOCOL, str(exc))
         self._last_addresses[token_key] = (v4, v6)
-        client = _Client(conn_id, v4, v6, allowed, token_key)
+        client = _Client(conn_id, v4, v6, allowed, token_key, token=token, version=version)
         self._clients[conn_id] = client
         for address in (v4, v6):
             if address is not None:
                 self._client_by_address[address] = conn_id
+        if version >= 2:
+            client.routes = prefixes = self.reachable(conn_id)
+        else:  # what version 1 always gave: the policy itself, else what is announced now
+            prefixes = allowed if allowed is not None else self._routes.prefixes()
         return Welcome(
             ipaddress.IPv4Address(v4) if v4 else None,
             ipaddress.IPv6Address(v6) if v6 else None,
-            allowed if allowed is not None else self._routes.prefixes(),
+            prefixes,
+            version=version,
         )
 
+    def _connector_tokens(self) -> list[str]:
+        return [*self.config.connector_tokens, *self.config.connector_policies]
+
+    def _accepted(self, token: str, announced: tuple[Network, ...]) -> tuple[Network, ...]:
+        """What a connector with ``token`` may serve of ``announced``: all of it, or with a
+        connector policy, each prefix that lies inside the policy."""
+        allowed = self.config.connector_policies.get(token)
+        if allowed is None:
+            return announced
+        return tuple(p for p in announced if any(p.version == a.version and p.subnet_of(a) for a in allowed))  # type: ignore[arg-type]
+
+    def _policy(self, token: str) -> tuple[Network, ...] | None:
+        """What a client with ``token`` may reach under the current config (None: anything)."""
+        allowed = self.config.client_tokens[token]
+        if allowed is None and self.config.client_allow:
+            allowed = self.config.client_allow
+        return allowed
+
     def announce(self, conn_id: int, announce: Announce) -> Welcome:
-        """Register an authenticated connector and the prefixes it serves."""
-        self._connectors[conn_id] = announce.prefixes
-        for prefix in announce.prefixes:
+        """Register the prefixes an authenticated connector serves: those its token may
+        announce (the Welcome lists them; the others are refused and counted as
+        ``auth_failures["connector_prefix_refused"]``). Again from the same connector
+        (version 2), the new set replaces the old one. Clients whose reachable set changes
+        get a RouteUpdate (``take_route_updates``)."""
+        connector = self._connectors[conn_id]
+        connector.announced = announce.prefixes
+        accepted = self._accepted(connector.token, announce.prefixes)
+        refused = len(announce.prefixes) - len(accepted)
+        if refused:
+            self.auth_failures["connector_prefix_refused"] += refused
+        self._serve(conn_id, connector, accepted)
+        self._refresh_routes()
+        return Welcome(None, None, accepted, version=connector.version)
+
+    def _serve(self, conn_id: int, connector: _Connector, prefixes: tuple[Network, ...]) -> None:
+        if connector.prefixes is not None:
+            self._routes.remove_connector(conn_id)
+        connector.prefixes = prefixes
+        for prefix in prefixes:
             self._routes.add(prefix, conn_id)
-        return Welcome(None, None, announce.prefixes)
+
+    def reachable(self, conn_id: int) -> tuple[Network, ...]:
+        """What client ``conn_id`` may reach now: the announced prefixes within its
+        policy, canonical (see ``canonical_prefixes``)."""
+        return self._reachable(self._routes.prefixes(), self._clients[conn_id].allowed)
+
+    @staticmethod
+    def _reachable(announced: tuple[Network, ...], allowed: tuple[Network, ...] | None) -> tuple[Network, ...]:
+        if allowed is None:
+            return canonical_prefixes(announced)
+        return intersect_prefixes(announced, allowed)
+
+    def _refresh_routes(self) -> None:
+        announced = self._routes.prefixes()
+        by_policy: dict[tuple[Network, ...] | None, tuple[Network, ...]] = {}  # clients mostly share a few
+        for conn_id, client in self._clients.items():
+            if client.version < 2:
+                continue
+            routes = by_policy.get(client.allowed)
+            if routes is None:
+                routes = by_policy[client.allowed] = self._reachable(announced, client.allowed)
+            if routes != client.routes:
+                client.routes = routes
+                self._route_updates[conn_id] = RouteUpdate(routes)
+
+    def take_route_updates(self) -> dict[int, RouteUpdate]:
+        """The RouteUpdate each client must be sent (by client id) since the last call:
+        its whole new reachable set (only the latest, when it changed more than once)."""
+        updates, self._route_updates = self._route_updates, {}
+        return updates
+
+    def reconfigure(self, config: EdgeConfig) -> dict[int, Error]:
+        """Apply a reloaded configuration to the connections in place. Returns the
+        connections whose token the new config no longer accepts, each with the Error to
+        send before closing it (the caller closes them and calls ``remove``). Clients keep
+        their addresses and get the new policy; RouteUpdates go to those whose reachable
+        set changed. ``client_pools`` cannot change while addresses are handed out
+        (ValueError)."""
+        if tuple(config.client_pools) != tuple(self.config.client_pools):
+            raise ValueError("client_pool cannot change while the edge runs (restart the edge)")
+        self.config = config
+        revoked: dict[int, Error] = {}
+        for conn_id, client in self._clients.items():
+            if client.token not in config.client_tokens:
+                revoked[conn_id] = Error(ERROR_AUTHENTICATION_FAILED,
+                                         "the edge no longer accepts this client's token (configuration reloaded)")
+            else:
+                client.allowed = self._policy(client.token)
+        connector_tokens = set(self._connector_tokens())
+        for conn_id, connector in self._connectors.items():
+            if connector.token not in connector_tokens:
+                revoked[conn_id] = Error(ERROR_AUTHENTICATION_FAILED,
+                                         "the edge no longer accepts this connector's token (configuration reloaded)")
+            elif connector.prefixes is not None:
+                accepted = self._accepted(connector.token, connector.announced)
+                if accepted != connector.prefixes:
+                    self._serve(conn_id, connector, accepted)
+        for conn_id in revoked:
+            self.remove(conn_id)
+        self._refresh_routes()
+        return revoked
+
+    def version_of(self, conn_id: int) -> int:
+        """The control protocol version of an admitted connection (1 when unknown)."""
+        peer = self._clients.get(conn_id) or self._connectors.get(conn_id)
+        return peer.version if peer is not None else 1
 
     def is_client(self, conn_id: int) -> bool:
         """True if ``conn_id`` is an admitted client."""
         return conn_id in self._clients
 
     def is_connector(self, conn_id: int) -> bool:
-        """True if ``conn_id`` is an admitted connector."""
-        return conn_id in self._connectors
+        """True if ``conn_id`` is a connector that has announced its prefixes."""
+        connector = self._connectors.get(conn_id)
+        return connector is not None and connector.prefixes is not None
 
     def connectors_for(self, address: bytes) -> list[int]:
         """Connector ids serving the longest prefix that matches ``address`` (4 or 16 bytes)."""
         return list(self._routes.lookup(address) or ())
 
     def connector_ids(self) -> list[int]:
-        """Ids of every admitted connector."""
-        return list(self._connectors)
+        """Ids of every admitted connector (announced)."""
+        return [conn_id for conn_id in self._connectors if self.is_connector(conn_id)]
 
     @property
     def client_count(self) -> int:
@@ -375,8 +537,8 @@ class EdgeRouter:
 
     @property
     def connector_count(self) -> int:
-        """Admitted connectors."""
-        return len(self._connectors)
+        """Admitted connectors (announced)."""
+        return len(self.connector_ids())
 
     def client_addresses(self, conn_id: int) -> tuple[bytes | None, bytes | None]:
         """The (IPv4, IPv6) tunnel addresses assigned to a client."""
@@ -394,11 +556,14 @@ class EdgeRouter:
                     self._pools[version].release(address)
             for request_id in client.sessions:
                 self._sessions.pop(request_id, None)
-        if self._connectors.pop(conn_id, None) is not None:
+        self._route_updates.pop(conn_id, None)
+        connector = self._connectors.pop(conn_id, None)
+        if connector is not None and connector.prefixes is not None:
             self._routes.remove_connector(conn_id)
             for session in self._sessions.values():
                 if session.connector == conn_id:
                     session.connector = None
+            self._refresh_routes()
 
     # -- routing -----------------------------------------------------------------
 
@@ -411,7 +576,7 @@ class EdgeRouter:
             client = self._clients[conn_id]
             for data in datagrams:
                 self._from_client(client, data, now, out)
-        elif conn_id in self._connectors:
+        elif self.is_connector(conn_id):
             for data in datagrams:
                 self._from_connector(conn_id, data, now, out)
         else:

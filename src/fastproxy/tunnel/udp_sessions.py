@@ -58,7 +58,7 @@ class UdpSessionTable:
     """The connector's UDP sessions for one tunnel connection.
 
     ``send`` takes a list of encoded datagrams for the edge. ``allowed`` limits
-    destinations (None: any). Counters are in ``drops`` and ``stats`` (pass your own
+    destinations of new sessions (None: any; it may be replaced at any time). Counters are in ``drops`` and ``stats`` (pass your own
     Counters to accumulate over several tables).
     """
 
@@ -74,7 +74,7 @@ class UdpSessionTable:
         stats: Counter[str] | None = None,
     ) -> None:
         self._send = send
-        self._allowed = allowed
+        self.allowed = allowed
         self.max_sessions = max_sessions
         self.default_idle_timeout = default_idle_timeout
         self._loop = loop or asyncio.get_running_loop()
@@ -107,7 +107,7 @@ class UdpSessionTable:
 
     def _open(self, message: UdpRegistration, now: float) -> tuple[int, str]:
         address = ipaddress.ip_address(message.dst)
-        if self._allowed is not None and not any(address in p for p in self._allowed if p.version == address.version):
+        if self.allowed is not None and not any(address in p for p in self.allowed if p.version == address.version):
             self.drops["udp_destination_not_allowed"] += 1
             return RESPONSE_DESTINATION_UNREACHABLE, "destination outside the connector's routes"
         if len(self._sessions) >= self.max_sessions:

@@ -3,10 +3,10 @@ connector — target, each in a namespace this test builds, the real three proce
 system's own ping and traceroute -I.
 
 The edge lets the client reach 203.0.113.0/24 and 2001:db8:4::/48, wider than the
-connector serves (203.0.113.128/25, 2001:db8:4::/64), so the client routes addresses into
-the TUN device that no connector serves ("no route"); a route into the device for a
-prefix outside the policy (added by hand: 198.51.100.128/25, 2001:db8:99::/64) makes
-"policy denied". The user's namespace has no default route, and the edge answers those
+connector serves (203.0.113.128/25, 2001:db8:4::/64). The client routes what is announced
+within its policy; routes added by hand into the device for the rest of the policy
+(203.0.113.0/25, 2001:db8:4:1::/64) make "no route", and for a prefix outside the policy
+(198.51.100.128/25, 2001:db8:99::/64) "policy denied". The user's namespace has no default route, and the edge answers those
 packets itself, so nothing leaves these namespaces.
 """
 
@@ -68,9 +68,14 @@ def network() -> Iterator[Network]:
             processes.append(fastproxy(
                 topo, "user", "client", "--edge", "192.0.2.2:4433", "--token", "client-1-0123456789",
                 "--pin", cert.fingerprint, "--tun", "fp0", log=f"{workdir}/client.log"))
-            assert wait_until(lambda: "203.0.113.0/24" in topo.run("user", "ip", "route", check=False).stdout), \
+            # The client routes what is announced within its policy (the connector's prefixes).
+            assert wait_until(lambda: "203.0.113.128/25" in topo.run("user", "ip", "route", check=False).stdout), \
                 Path(f"{workdir}/client.log").read_text()
-            assert wait_until(lambda: "2001:db8:4::/48" in topo.run("user", "ip", "-6", "route", check=False).stdout)
+            assert wait_until(lambda: "2001:db8:4::/64" in topo.run("user", "ip", "-6", "route", check=False).stdout)
+            # By hand: inside the policy but served by no connector ("no route") ...
+            topo.run("user", "ip", "route", "add", "203.0.113.0/25", "dev", "fp0")
+            topo.run("user", "ip", "-6", "route", "add", "2001:db8:4:1::/64", "dev", "fp0")
+            # ... and outside the policy ("policy denied").
             topo.run("user", "ip", "route", "add", "198.51.100.128/25", "dev", "fp0")
             topo.run("user", "ip", "-6", "route", "add", "2001:db8:99::/64", "dev", "fp0")
             assert "default" not in topo.run("user", "ip", "route").stdout + topo.run("user", "ip", "-6", "route").stdout

@@ -26,6 +26,7 @@ class FakeBackend(PerPacketBackend):
         self.sent: list[tuple[BackendFlow, bytes, int]] = []
         self.fail_next: list[tuple[int, int, int]] = []  # (errno, mtu) per upcoming send, by call order
         self.incoming: list[ReceivedPacket] = []
+        self.drained: list[ReceivedPacket] = []  # what the next flush "takes off the network"
         self._batch = 0
 
     def open_flow(self, flow: BackendFlow) -> None:
@@ -49,6 +50,10 @@ class FakeBackend(PerPacketBackend):
 
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         out, self.incoming = self.incoming[:limit], self.incoming[limit:]
+        return out
+
+    def received_while_sending(self) -> list[ReceivedPacket]:
+        out, self.drained = self.drained, []
         return out
 
     def filenos(self) -> list[int]:

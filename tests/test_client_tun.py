@@ -94,15 +94,37 @@ def test_tun_device_lifecycle_and_packets() -> None:
         assert out["name"] not in subprocess.run(["ip", "link"], capture_output=True, text=True).stdout
 
 
-def test_tun_needs_privileges_error_is_clear() -> None:
-    """Without CAP_NET_ADMIN the error says what is needed (as nobody, in a child)."""
-    require_root("switches to an unprivileged user")
+# A /dev/net/tun of the given mode for one child only: a tmpfs over /dev/net in a private mount
+# namespace holds a fresh node of the TUN driver (10, 200); the host's node is never touched.
+# With mode "none", no node at all (a container without the device).
+WITH_TUN_NODE = ("mount -t tmpfs -o mode=0755 fastproxy-test /dev/net && "
+                 '{{ [ {mode} = none ] || mknod -m {mode} /dev/net/tun c 10 200; }} && exec "$@"')
+
+
+@pytest.mark.parametrize(("mode", "failing_step", "advice"), [
+    ("0666", "cannot create TUN device 'fptest%d': Operation not permitted", "needs root or CAP_NET_ADMIN"),
+    ("0600", "cannot open /dev/net/tun: Permission denied", "needs root or CAP_NET_ADMIN"),
+    ("none", "cannot open /dev/net/tun: No such file or directory", "modprobe tun"),
+], ids=["0666", "0600", "missing"])
+def test_tun_needs_privileges_error_is_clear(mode: str, failing_step: str, advice: str) -> None:
+    """Without CAP_NET_ADMIN the error says what is needed (as nobody, in a child), whether the
+    device node lets anyone open it (most distributions: the ioctl refuses) or not (the open
+    refuses); without the node, it says how to get the driver."""
+    require_root("switches to an unprivileged user, makes a device node in a private mount namespace")
     code = (
-        "import os, sys; from fastproxy.client.tun import TunDevice, TunError\n"
+        "import os, stat, sys; from fastproxy.client.tun import TunDevice, TunError\n"
+        "print(oct(stat.S_IMODE(os.stat('/dev/net/tun').st_mode)) if os.path.exists('/dev/net/tun') else 'none')\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "try:\n    TunDevice('fptest%d')\nexcept TunError as exc:\n    print(exc); sys.exit(3)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                            env={**os.environ, "PYTHONPATH": SRC})
+    host_node = os.stat("/dev/net/tun")
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", WITH_TUN_NODE.format(mode=mode), "sh",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": SRC})
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "root or CAP_NET_ADMIN" in result.stdout
+    node_mode, message = result.stdout.splitlines()
+    assert node_mode == (f"0o{mode[1:]}" if mode != "none" else mode)  # the child saw the node of this case
+    assert failing_step in message
+    assert advice in message
+    assert os.stat("/dev/net/tun") == host_node  # the host's node is as it was

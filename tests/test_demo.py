@@ -18,15 +18,22 @@ pytestmark = pytest.mark.privileged
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
-# Import everything first (the interpreter lives where nobody may not read), then drop
-# to nobody and run the demo.
+# The real command as root with --user nobody, watched: every module loaded after the drop to
+# nobody is reported on stderr, since nobody may not be able to read it where fastproxy or
+# Python is installed (a checkout in /root, a pyenv Python). Nothing may be.
 AS_NOBODY = """
-import concurrent.futures.thread, encodings.idna, os, sys
-import fastproxy.demo, fastproxy.client.tools, fastproxy.icmp, fastproxy.metrics
-import fastproxy.tunnel.client, fastproxy.tunnel.connector, fastproxy.tunnel.connector_icmp, fastproxy.tunnel.edge
-os.setgroups([]); os.setgid(65534); os.setuid(65534)
-sys.exit(fastproxy.demo.run_demo(sys.stdout))
+import os, sys
+late = []
+def watch(event, args):
+    if event == "import" and args[0] not in sys.modules and os.getuid() != 0:
+        late.append(args[0])
+sys.addaudithook(watch)
+from fastproxy.cli import main
+status = main(["demo", "--user", "nobody"])
+print(f"uid {os.getuid()} gid {os.getgid()} groups {os.getgroups()}; loaded after the drop: {late}", file=sys.stderr)
+sys.exit(status)
 """
+NOBODY_EPILOGUE = "uid 65534 gid 65534 groups []; loaded after the drop: []\n"
 
 
 def run_in_namespace(ping_group_range: str, *command: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +63,7 @@ def test_demo_as_nobody_with_ping_sockets_exits_0() -> None:
     result = run_in_namespace("0 2147483647", sys.executable, "-c", AS_NOBODY)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("=> ok:") == 3
+    assert result.stderr == NOBODY_EPILOGUE
 
 
 def test_demo_without_icmp_names_the_sysctl_and_still_runs_udp() -> None:
@@ -68,3 +76,20 @@ def test_demo_without_icmp_names_the_sysctl_and_still_runs_udp() -> None:
     assert "=> ok: UDP echo through the tunnel" in text
     assert "sysctl -w net.ipv4.ping_group_range=" in text
     assert "Result: 2 of 3 steps failed" in text
+    assert result.stderr == NOBODY_EPILOGUE
+
+
+def test_demo_user_needs_root_and_a_real_user() -> None:
+    """--user says what is wrong instead of failing half-way."""
+    require_root("runs the demo as nobody")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    # Loaded as root, then nobody (the interpreter may live where nobody cannot run it from).
+    as_nobody = subprocess.run([sys.executable, "-c", "import os, fastproxy.demo; from fastproxy.cli import main\n"
+                                "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+                                "raise SystemExit(main(['demo', '--user', 'nobody']))"],
+                               capture_output=True, text=True, timeout=60, env=env)
+    assert as_nobody.returncode == 2, as_nobody.stdout + as_nobody.stderr
+    assert "--user nobody needs root" in as_nobody.stderr
+    unknown = subprocess.run([sys.executable, "-m", "fastproxy", "demo", "--user", "no-such-user-fp"],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert unknown.returncode == 2 and "no such user: 'no-such-user-fp'" in unknown.stderr, unknown.stderr

@@ -14,7 +14,7 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6TimeExc
 from fastproxy.icmp import create_backend
 from fastproxy.icmp.backends import BackendFlow
 from fastproxy.icmp.backends import linux_ping
-from fastproxy.icmp.backends._wire import wrap_icmp_message
+from fastproxy.icmp.backends._wire import send_slots, wrap_icmp_message
 from fastproxy.icmp.backends.linux_ping import parse_extended_error
 from fastproxy.icmp.backends.raw import icmp6_type_filter, icmp_type_filter_v4
 from fastproxy.icmp.backends.windows import declare_icmp_api, packet_from_echo_reply
@@ -204,3 +204,43 @@ def test_windows_api_signatures_are_declared_pointer_sized() -> None:
     for name in names:  # each is a signature ctypes can build a real function type from
         function = getattr(lib, name)
         ctypes.CFUNCTYPE(function.restype, *function.argtypes)
+
+
+class ScriptedBatch:
+    """A send batch whose sends fail as scripted: ``errors[n]`` is the errno of the n-th call (0: the
+    call sends everything asked)."""
+
+    def __init__(self, errors: list[int]) -> None:
+        self.errors = errors
+        self.calls: list[tuple[int, int]] = []
+
+    def send(self, sock: object, count: int, start: int) -> int:
+        self.calls.append((start, count))
+        err = self.errors[len(self.calls) - 1] if len(self.calls) <= len(self.errors) else 0
+        if err:
+            raise OSError(err, "scripted")
+        return count
+
+
+def test_send_slots_retries_a_refused_slot_once_when_asked() -> None:
+    import errno
+
+    asked: list[int] = []
+
+    def retry(err: int) -> bool:
+        asked.append(err)
+        return err == errno.EHOSTUNREACH
+
+    # slot 0 refused once (a pending error), then sent with the rest
+    batch = ScriptedBatch([errno.EHOSTUNREACH])
+    assert send_slots(batch, 0, 0, 3, retry) == [] and batch.calls == [(0, 3), (0, 3)]
+    # refused again after the retry: reported, and the next slots still go
+    batch = ScriptedBatch([errno.EHOSTUNREACH, errno.EHOSTUNREACH])
+    assert send_slots(batch, 0, 0, 3, retry) == [(0, errno.EHOSTUNREACH)] and batch.calls == [(0, 3), (0, 3), (1, 2)]
+    # an error retry() declines: reported at once
+    asked.clear()
+    batch = ScriptedBatch([errno.EPERM])
+    assert send_slots(batch, 0, 0, 2, retry) == [(0, errno.EPERM)] and asked == [errno.EPERM]
+    # without retry, as before
+    batch = ScriptedBatch([errno.EHOSTUNREACH])
+    assert send_slots(batch, 0, 0, 2) == [(0, errno.EHOSTUNREACH)] and batch.calls == [(0, 2), (1, 1)]

@@ -222,3 +222,53 @@ def test_injected_bad_replies_dropped(worker: Worker, topology: Topology) -> Non
     # the flow still works
     (_conn, packet), = worker.send(3, [echo(4, TARGET[4], 0x7400, 2, 64)], expect=1)
     assert parse(packet)[ICMP].seq == 2
+
+
+def answers_by_seq(version: int, out: list[tuple[int, bytes]]) -> dict[int, tuple[str, int]]:
+    """Each answer's probe (the sequence number it quotes or echoes): (who answered, ICMP type)."""
+    seen: dict[int, tuple[str, int]] = {}
+    for _conn, packet in out:
+        assert checksums_ok(packet)
+        parsed = parse(packet)
+        raw = bytes(parsed.payload)
+        quoted = raw[8:] if raw[0] in ((11, 3) if version == 4 else (3, 1)) else None
+        if quoted is not None:  # an error: the quoted request's sequence number
+            message = quoted[(quoted[0] & 0xF) * 4:] if version == 4 else quoted[40:]
+            seq = int.from_bytes(message[6:8], "big")
+        else:
+            seq = int.from_bytes(raw[6:8], "big")
+        assert seq not in seen, f"two answers for probe {seq}"
+        seen[seq] = (parsed.src, raw[0])
+    return seen
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_router_error_does_not_fail_the_next_probe(worker: Worker, version: int) -> None:
+    """A router's Time Exceeded for one probe, not yet read, must not make the next probe on the same
+    echo id fail (on a ping socket it leaves an error pending that the kernel hands to the next send):
+    each probe gets its own router's answer, and nothing is refused."""
+    echo_id = 0x7500 + version
+    time_exceeded = 11 if version == 4 else 3
+    worker.send(5, [echo(version, TARGET[version], echo_id, 1, 2)], expect=0, wait=0.0)
+    time.sleep(0.3)  # r1's answer is waiting on the connector, unread
+    before = worker.last["metrics"].get("icmp_drops_backend_send_failed", 0)
+    out = worker.send(5, [echo(version, TARGET[version], echo_id, 2, 3)], expect=2)
+    assert answers_by_seq(version, out) == {1: (R1[version], time_exceeded), 2: (R2[version], time_exceeded)}
+    assert worker.last["metrics"].get("icmp_drops_backend_send_failed", 0) == before
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_traceroute_burst_on_one_echo_id(worker: Worker, version: int) -> None:
+    """traceroute's way: 16 probes at once on one echo id, TTLs rising; then another round while the
+    first round's answers arrive. Every probe is answered by its own hop."""
+    echo_id = 0x7600 + version
+    time_exceeded, reply = (11, 0) if version == 4 else (3, 129)
+    failed = "icmp_drops_backend_send_failed"
+    before = worker.ask(op="poll", expect=0, wait=0.0)["metrics"].get(failed, 0)
+    for round_start in (1, 17):
+        probes = [echo(version, TARGET[version], echo_id, round_start + i, 2 + i) for i in range(16)]
+        out = worker.send(6, probes, expect=16)
+        expected = {round_start: (R1[version], time_exceeded), round_start + 1: (R2[version], time_exceeded)}
+        expected.update({round_start + i: (TARGET[version], reply) for i in range(2, 16)})
+        assert answers_by_seq(version, out) == expected
+    assert worker.last["metrics"].get(failed, 0) == before

@@ -258,6 +258,27 @@ def test_router_errors_translated_for_the_client(version: int, kind: str) -> Non
         assert int.from_bytes(bytes(quoted.payload)[4:6], "big") == 0x1234
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_errors_drained_while_sending_are_answered_with_the_flush(version: int) -> None:
+    """A router's Time Exceeded the backend took off the network during a flush (the ping-socket
+    backend does, to clear the error it left pending) reaches the client from that very call:
+    no descriptor may wake the reader for it again."""
+    proxy, backend = make_proxy()
+    proxy.handle_client_packets(4, [echo_request(version, CLIENT[version], TARGET[version], ttl=3, seq=9)], now=0.0)
+    flow, _message, _ttl = backend.sent[0]
+    on_wire = core.build_echo(addr(CONNECTOR[version]), flow.dst, flow.echo_id, 9, b"fastproxy-payload", ttl=1)
+    backend.drained.append(ReceivedPacket(bytes(core.build_time_exceeded(addr(ROUTER[version]), on_wire)), flow))
+    answers = proxy.handle_client_packets(4, [echo_request(version, CLIENT[version], TARGET[version], ttl=4, seq=10)],
+                                          now=0.1)
+    (conn_id, packet), = answers
+    assert conn_id == 4 and checksums_ok(bytes(packet))
+    parsed = IP(bytes(packet)) if version == 4 else IPv6(bytes(packet))
+    assert (parsed.src, parsed.dst) == (ROUTER[version], CLIENT[version])
+    quoted_icmp = bytes((parsed[IPerror] if version == 4 else parsed[IPerror6]).payload)
+    assert (int.from_bytes(quoted_icmp[4:6], "big"), int.from_bytes(quoted_icmp[6:8], "big")) == (0x1234, 9)
+    assert len(backend.sent) == 2 and proxy.poll_backend(now=0.2) == []  # answered once
+
+
 def test_idle_expiry_frees_flows_and_backend_state(kind: str) -> None:
     proxy, backend = make_proxy(kind, idle_timeout=2.0)
     proxy.handle_client_packets(1, [echo_request(4, CLIENT[4], TARGET[4], echo_id=i) for i in range(3)], now=0.0)

@@ -6,19 +6,41 @@ talks to a small echo server the demo runs, and the metrics that changed are pri
 Exit status 0 only if every step worked. Needs no root: the connector uses ping
 sockets (or raw sockets where it may); where neither is allowed the ICMP steps are
 reported as failed with the sysctl that would allow them, and the UDP step still runs.
+
+Run as root with ``--user NAME`` it shows the unprivileged case: it loads first all it
+will need from disk (its modules, the lazily imported parts of the libraries, the
+edge's certificate, made for that user), then drops to the user (uid, primary gid, no
+other groups, no capabilities) before anything starts, so it works wherever fastproxy
+and Python are installed, even where that user may not read them (a checkout in /root).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import io
+import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-__all__ = ["UdpEchoServer", "run_demo"]
+from .errors import FastproxyError
+
+__all__ = ["DemoUserError", "UdpEchoServer", "run_demo"]
+
+# Everything the demo imports once running, loaded before a privilege drop (see the module
+# docstring): its own modules, the ICMP backends create_backend picks lazily, and the parts of
+# the standard library asyncio loads on first use (an executor for getaddrinfo, the idna codec).
+_MODULES_TO_PRELOAD = (
+    "fastproxy.icmp", "fastproxy.icmp.backends.linux_ping", "fastproxy.icmp.backends.raw",
+    "fastproxy.metrics", "fastproxy.tunnel.client", "fastproxy.tunnel.connector",
+    "fastproxy.tunnel.connector_icmp", "fastproxy.tunnel.edge", "fastproxy.tunnel.quic", "fastproxy.client.tools",
+    "concurrent.futures.thread", "encodings.idna",
+)
 
 LOOPBACK_ROUTES = ("127.0.0.0/8", "::1/128")
 _UDP_MESSAGES = (b"hello through fastproxy", b"UDP sessions work", b"goodbye")
@@ -79,10 +101,50 @@ def _metric_changes(before: dict[Any, float], after: dict[Any, float]) -> list[s
     return lines
 
 
+class DemoUserError(FastproxyError):
+    """``--user`` cannot be honoured (not root, or no such user); the message says why."""
+
+
+def _lookup_user(user: str) -> tuple[int, int]:
+    """The uid and primary gid of ``user`` (a name or a number)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except (KeyError, OverflowError):
+        raise DemoUserError(f"no such user: {user!r} (give a name from /etc/passwd, e.g. nobody, or a uid)") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _prepare(user: tuple[int, int] | None) -> tuple[str, str]:
+    """Load everything the demo will need from disk, and make the edge's certificate (owned by
+    ``user``'s uid and gid when given, so the edge can read it after the drop); returns the
+    certificate and key files."""
+    from .tunnel.certs import generate_self_signed
+
+    for name in _MODULES_TO_PRELOAD:
+        importlib.import_module(name)
+    directory = tempfile.mkdtemp(prefix="fastproxy-demo-")
+    pair = generate_self_signed(directory)  # also loads cryptography's lazily imported backend
+    if user is not None:
+        for path in (directory, pair.cert_file, pair.key_file):
+            os.chown(path, *user)
+    return pair.cert_file, pair.key_file
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    """Become ``uid``/``gid`` for good: no supplementary groups, and (the kernel clears them when
+    every uid leaves 0) no capabilities."""
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
 class _Demo:
-    def __init__(self, out: TextIO, clock: Callable[[], float]) -> None:
+    def __init__(self, out: TextIO, clock: Callable[[], float], cert: tuple[str, str]) -> None:
         self.out = out
         self.clock = clock
+        self.cert_file, self.key_file = cert
         self.results: list[tuple[str, bool]] = []
 
     def say(self, text: str = "") -> None:
@@ -108,7 +170,8 @@ class _Demo:
         echo_server, echo_port = await UdpEchoServer.start()
         icmp_problem = ""
         try:
-            async with Edge(config, listen=("127.0.0.1", 0)) as edge:
+            async with Edge(config, cert_file=self.cert_file, key_file=self.key_file,
+                            listen=("127.0.0.1", 0)) as edge:
                 trust = Trust(pin=edge.fingerprint)
                 try:
                     connector = Connector("127.0.0.1", edge.port, token=connector_token, routes=routes, trust=trust,
@@ -221,14 +284,29 @@ class _Demo:
         return 0
 
 
-def run_demo(out: TextIO, *, clock: Callable[[], float] = time.perf_counter) -> int:
-    """Run the demo, printing to ``out``; returns the exit status (0: every step worked)."""
+def run_demo(out: TextIO, *, clock: Callable[[], float] = time.perf_counter, user: str | None = None) -> int:
+    """Run the demo, printing to ``out``; returns the exit status (0: every step worked).
+
+    ``user`` (a name or a uid; root only): run it as that user, after loading all it needs
+    (see the module docstring); :class:`DemoUserError` when that cannot be done.
+    """
     import logging
 
     # The demo reports problems itself (e.g. which sysctl allows ICMP); no log noise.
     logging.getLogger("fastproxy").setLevel(logging.ERROR)
+    target = None
+    if user is not None:
+        if os.geteuid() != 0:
+            raise DemoUserError(f"--user {user} needs root (only root can become another user); "
+                                "without --user the demo runs as you, which needs no privilege")
+        target = _lookup_user(user)
+    cert = _prepare(target)
+    if target is not None:
+        _drop_privileges(*target)
     try:
-        return asyncio.run(_Demo(out, clock).run())
+        return asyncio.run(_Demo(out, clock, cert).run())
     except (ConnectionError, asyncio.TimeoutError, OSError) as exc:
         print(f"fastproxy demo: the tunnel did not come up: {exc or type(exc).__name__}", file=out)
         return 1
+    finally:
+        shutil.rmtree(os.path.dirname(cert[0]), ignore_errors=True)  # the demo's throwaway certificate

@@ -194,8 +194,11 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         description="Start an edge, a connector (serving 127.0.0.0/8 and ::1) and a client in this process, "
         "then ping, traceroute and exchange UDP through the tunnel, and show the metrics that changed. Needs "
         "no root and no arguments. Exits 0 only if every step worked.",
-        epilog="example:\n  fastproxy demo",
+        epilog="examples:\n  fastproxy demo\n  sudo fastproxy demo --user nobody   # the unprivileged case, run by root",
     )
+    demo.add_argument("--user", metavar="NAME|UID",
+                      help="(as root) load everything, then run the demo as this user, with no groups and no "
+                      "capabilities: what an unprivileged user sees")
     demo.set_defaults(run=_run_demo)
 
 
@@ -513,6 +516,10 @@ def _run_client(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import DemoUserError, run_demo
 
-    return run_demo(sys.stdout)
+    try:
+        return run_demo(sys.stdout, user=args.user)
+    except DemoUserError as exc:
+        print(f"fastproxy demo: {exc}", file=sys.stderr)
+        return 2

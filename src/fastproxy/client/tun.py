@@ -40,6 +40,24 @@ class TunError(OSError):
     """Creating or configuring the TUN device failed (the message says which step)."""
 
 
+_PRIVILEGE_ADVICE = (" (creating a TUN device needs root or CAP_NET_ADMIN: run the client as root, or grant it the "
+                     "capability, e.g. AmbientCapabilities=CAP_NET_ADMIN in its systemd unit)")
+
+
+_NO_DRIVER_ADVICE = (" (this system has no TUN driver device: load it with `modprobe tun`; in a container, "
+                     "pass the device in, e.g. `docker run --device /dev/net/tun --cap-add NET_ADMIN`)")
+
+
+def _advice(err: int | None) -> str:
+    """What to do about a refused TUN operation: the privilege it needs for a permission error,
+    the driver for a missing device, else nothing (the error says it all)."""
+    if err in (errno.EPERM, errno.EACCES):
+        return _PRIVILEGE_ADVICE
+    if err in (errno.ENOENT, errno.ENODEV, errno.ENXIO):
+        return _NO_DRIVER_ADVICE
+    return ""
+
+
 def _ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -71,13 +89,15 @@ class TunDevice:
         try:
             self.fd: int | None = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            raise TunError(exc.errno, f"cannot open /dev/net/tun: {exc.strerror} (needs root or CAP_NET_ADMIN)") from None
+            raise TunError(exc.errno, f"cannot open /dev/net/tun: {exc.strerror}{_advice(exc.errno)}") from None
         try:
             answer = fcntl.ioctl(self.fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
         except OSError as exc:
+            # Where /dev/net/tun is mode 0666 (most distributions) anyone may open it, and it is
+            # this ioctl that refuses an unprivileged process (EPERM): the same advice.
             os.close(self.fd)
             self.fd = None
-            raise TunError(exc.errno, f"cannot create TUN device {name!r}: {exc.strerror}") from None
+            raise TunError(exc.errno, f"cannot create TUN device {name!r}: {exc.strerror}{_advice(exc.errno)}") from None
         self.name: str = answer[:16].rstrip(b"\0").decode()
         log.debug("created TUN device %s", self.name)
 

@@ -209,11 +209,16 @@ class IcmpProxy:
             for packet in packets:
                 self._outbound(conn_id, packet, now, out)
             if self._pending:
-                assert self._per_packet is not None
-                for failure in self._per_packet.flush():
+                backend = self._per_packet
+                assert backend is not None
+                for failure in backend.flush():
                     failed_conn, failed_packet = self._pending[failure.index]
                     self._answer_send_failure(failed_conn, failed_packet, failure.errno, failure.mtu, now, out)
                 self._pending.clear()
+                # ICMP errors about earlier requests the flush took off the network: their
+                # descriptors may not wake the reader again, so they are answered here.
+                for received in backend.received_while_sending():
+                    self._inbound(received, now, out)
         self.metrics.packets_out += len(out)
         return out
 

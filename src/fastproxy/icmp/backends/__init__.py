@@ -15,7 +15,8 @@ policy decision. There are two kinds of backend:
   (:meth:`PerPacketBackend.open_flow`, :meth:`PerPacketBackend.close_flow`),
   queues echo requests (:meth:`PerPacketBackend.send_echo`), sends the queue
   (:meth:`PerPacketBackend.flush`, which reports what could not be sent) and gets
-  back what came from the network (:meth:`PerPacketBackend.receive`) as whole IP
+  back what came from the network (:meth:`PerPacketBackend.receive`, and
+  :meth:`PerPacketBackend.received_while_sending` after a flush) as whole IP
   packets in one normal form: the echo id (for errors: the quoted echo id) is the
   flow's assigned id, the destination (for errors: also the quoted source) is the
   connector's address or, where the socket does not tell it, the unspecified
@@ -144,6 +145,13 @@ class PerPacketBackend(IcmpBackend):
     @abc.abstractmethod
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         """Return up to ``limit`` packets that have arrived, without blocking (empty when none)."""
+
+    def received_while_sending(self) -> list[ReceivedPacket]:
+        """Packets :meth:`flush` had to take off the network to send (the ping-socket backend
+        drains a socket's ICMP errors to clear the error they left pending), each returned once,
+        here or by the next :meth:`receive`; the proxy asks after every flush, since the
+        descriptors may no longer wake it for them. None by default."""
+        return []
 
 
 class BatchedBackend(IcmpBackend):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno as errno_codes
 import socket
 import struct
+from collections.abc import Callable
 
 from fastproxy._impl import core
 
@@ -51,21 +52,32 @@ def address_bytes(text: str) -> bytes:
     return socket.inet_pton(socket.AF_INET, text)
 
 
-def send_slots(batch: core.PacketBatch, sock: socket.socket | int, start: int, count: int) -> list[tuple[int, int]]:
+def send_slots(
+    batch: core.PacketBatch, sock: socket.socket | int, start: int, count: int,
+    retry: Callable[[int], bool] | None = None,
+) -> list[tuple[int, int]]:
     """Send slots [start, start+count) of ``batch`` on ``sock``; returns the ``(slot, errno)`` pairs
     that could not be sent.
 
     One sendmmsg when all goes well. sendmmsg reports an error only for the first
     message of a call, so a refused slot is reported and the rest retried after
     it; a full socket buffer loses the rest (ENOBUFS), as a router would.
+    ``retry(errno)``, when given, is asked about each refused slot: when it returns
+    True (it cleared what made the send fail), the slot is sent once more before it
+    counts as refused.
     """
     failures: list[tuple[int, int]] = []
     end = start + count
+    retried = -1  # the slot already sent once more
     while start < end:
         try:
             sent = batch.send(sock, end - start, start)
         except OSError as exc:
-            failures.append((start, exc.errno or 0))
+            err = exc.errno or 0
+            if retry is not None and retried != start and retry(err):
+                retried = start
+                continue
+            failures.append((start, err))
             start += 1
             continue
         if sent <= 0:

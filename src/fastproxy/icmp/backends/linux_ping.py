@@ -11,6 +11,15 @@ socket's error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE) as a
 the ICMP error packet the client expects, quoting the request as sent (the last
 few requests of each flow are kept for that, bounded).
 
+An ICMP error also leaves its errno pending on the socket (``sk_err``), and the
+kernel fails the socket's next send with it (EHOSTUNREACH for a Time Exceeded):
+traceroute's probe for hop n+1 would fail because hop n answered the previous
+one. A send refused with such an errno is therefore retried once after the
+socket's error queue is drained (which clears the pending error; SO_ERROR clears
+what is left); the errors drained then are rebuilt like any other and handed to
+the proxy with the flush (:meth:`PingSocketBackend.received_while_sending`), so
+each probe gets its router's own answer.
+
 Needs no privilege, only that one of the process's groups is inside
 ``net.ipv4.ping_group_range`` (which also governs ICMPv6 ping sockets).
 """
@@ -49,6 +58,12 @@ _SO_EE_ORIGIN_ICMP = 2
 _SO_EE_ORIGIN_ICMP6 = 3
 _SOL_IP = 0
 _SOL_IPV6 = 41
+# What an ICMP error leaves pending on a ping socket (ping_err: icmp_err_convert, icmpv6_err_convert).
+_PENDING_ERRNOS = frozenset((
+    errno_codes.EHOSTUNREACH, errno_codes.ENETUNREACH, errno_codes.EHOSTDOWN, errno_codes.ECONNREFUSED,
+    errno_codes.EMSGSIZE, errno_codes.EPROTO, errno_codes.ENOPROTOOPT, errno_codes.EOPNOTSUPP,
+    errno_codes.ENONET, errno_codes.EACCES, errno_codes.EREMOTEIO,
+))
 
 _ANCILLARY_SIZE = socket.CMSG_SPACE(64) + socket.CMSG_SPACE(8)
 _UNSPECIFIED = {4: bytes(4), 6: bytes(16)}
@@ -138,6 +153,8 @@ class PingSocketBackend(PerPacketBackend):
         self._send = core.PacketBatch(batch_size)
         self._recv = core.PacketBatch(batch_size)
         self._sources = array.array("i", bytes(4 * batch_size))  # recv_many: slot -> index of its socket
+        # ICMP errors drained while sending (to clear a pending error), not yet handed out.
+        self._drained: list[ReceivedPacket] = []
         self._closed = False
 
     def open_flow(self, flow: BackendFlow) -> None:
@@ -239,19 +256,42 @@ class PingSocketBackend(PerPacketBackend):
         self, state: _PingFlow, run: list[int], queue: list[tuple[_PingFlow, bytes, int]],
         failures: list[SendFailure],
     ) -> None:
-        """Send slots [0, len(run)) of the send batch on the flow's socket; remember what went, by
-        sequence number, to quote it in the errors it may cause."""
-        failed = send_slots(self._send, state.fd, 0, len(run))
-        for slot, err in failed:
-            failures.append(SendFailure(run[slot], err, 0))
-        skipped = {slot for slot, _err in failed} if failed else ()
+        """Send slots [0, len(run)) of the send batch on the flow's socket, remembering first what
+        goes, by sequence number, to quote it in the errors it may cause (a router on a veth may
+        answer before the send returns). A slot refused with an error an earlier request's ICMP
+        error left pending is sent once more after :meth:`_clear_pending_error`."""
         requests, kept, ttl = state.requests, self._max_kept, state.ttl
-        for slot, index in enumerate(run):
+        for index in run:
             message = queue[index][1]
-            if slot in skipped or len(message) < 8:
-                continue
-            seq = int.from_bytes(message[6:8], "big")
-            requests[seq % kept] = (seq, message, ttl)
+            if len(message) >= 8:
+                seq = int.from_bytes(message[6:8], "big")
+                requests[seq % kept] = (seq, message, ttl)
+
+        def retry(err: int) -> bool:
+            if err not in _PENDING_ERRNOS:
+                return False
+            self._clear_pending_error(state)
+            return True
+
+        for slot, err in send_slots(self._send, state.fd, 0, len(run), retry):
+            failures.append(SendFailure(run[slot], err, 0))
+
+    def _clear_pending_error(self, state: _PingFlow) -> None:
+        """Take every ICMP error off the flow socket's error queue (kept for the proxy: see
+        :meth:`received_while_sending`), which leaves no error pending once the queue is empty,
+        and clear with SO_ERROR one whose entry the queue had no room for."""
+        self._drain_errors(state, self._drained, None)
+        try:
+            state.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:  # the socket is going away; the retried send reports it
+            pass
+
+    def received_while_sending(self) -> list[ReceivedPacket]:
+        """The ICMP errors the last flushes drained from the flow sockets to clear a pending error
+        (see the module docstring), rebuilt as :meth:`receive` rebuilds them; each is returned once,
+        here or by the next :meth:`receive`."""
+        drained, self._drained = self._drained, []
+        return drained
 
     def receive(self, limit: int = 256) -> list[ReceivedPacket]:
         """Replies and errors of every ready flow socket, rebuilt as whole IP packets (stops once
@@ -261,7 +301,7 @@ class PingSocketBackend(PerPacketBackend):
         (``PacketBatch.recv_many``, one recvmmsg per socket), so the Python work
         here is per packet, not per socket.
         """
-        out: list[ReceivedPacket] = []
+        out, self._drained = self._drained, []
         ready: list[_PingFlow] = []
         for fd, events in self._epoll.poll(0, limit):
             state = self._by_fd.get(fd)
@@ -295,9 +335,11 @@ class PingSocketBackend(PerPacketBackend):
             fds, ready = fds[last:], ready[last:]
         return out
 
-    def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int) -> None:
+    def _drain_errors(self, state: _PingFlow, out: list[ReceivedPacket], limit: int | None) -> None:
+        """Read the flow socket's error queue into ``out`` until it is empty or ``out`` holds
+        ``limit`` packets (None: until empty; the queue is bounded by the socket's buffer)."""
         flow = state.flow
-        while len(out) < limit:
+        while limit is None or len(out) < limit:
             try:
                 quoted, ancillary, _flags, _address = state.sock.recvmsg(65535, _ANCILLARY_SIZE, _MSG_ERRQUEUE)
             except OSError:  # drained (EAGAIN), or the socket is going away: nothing more to read

@@ -7,7 +7,7 @@ after it (a fresh topology per system):
 
 - ``kernel``: no tunnel; the load runs in the connector's namespace straight to the target
   through the three routers (the physical limit of the path behind the connector).
-- ``wireguard-go``: client wg0 ↔ hub wg0 on the edge ↔ connector wg0, the hub routing between
+- ``wireguard-go``: client ↔ hub on the edge ↔ connector (one wireguard-go each), the hub routing between
   its two peers, the connector forwarding into the private network (198.18.0.0/24 inside).
 - ``openvpn``: OpenVPN 2.6, UDP, AES-256-GCM, no DCO; the server on the edge with
   client-to-client, the connector a client with an iroute for the private prefix (198.18.1.0/24).
@@ -168,34 +168,37 @@ def _wg_keys(topo: Topology) -> tuple[str, str]:
 def _wireguard(topo: Topology, workdir: Path, processes: dict[str, subprocess.Popen[bytes]]) -> None:
     keys = {node: _wg_keys(topo) for node in ("client", "edge", "conn")}
     addresses = {"edge": "198.18.0.1", "client": "198.18.0.2", "conn": "198.18.0.3"}
+    # wireguard-go's control socket is /var/run/wireguard/NAME.sock, shared by every namespace:
+    # each device gets a name of its own (the topology's random prefix and the node).
+    dev = {node: f"wg{topo.prefix[3:]}{node[:2]}" for node in addresses}
     # wireguard-go refuses to run on Linux unless told that userspace is meant (no kernel module here).
     env = {"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1", "LOG_LEVEL": "error"}
     for node in ("edge", "conn", "client"):
         processes[{"conn": "connector"}.get(node, node)] = _spawn(
-            topo, node, workdir, f"wg-{node}", "wireguard-go", "-f", "wg0", env=env)
+            topo, node, workdir, f"wg-{node}", "wireguard-go", "-f", dev[node], env=env)
     for node in ("edge", "conn", "client"):
-        wait_until(lambda node=node: topo.run(node, "ip", "link", "show", "wg0", check=False).returncode == 0,
-                   10, f"wireguard-go did not create wg0 in {node}", lambda: _log_text(workdir, [f"wg-{node}"]))
+        wait_until(lambda node=node: topo.run(node, "ip", "link", "show", dev[node], check=False).returncode == 0,
+                   10, f"wireguard-go did not create {dev[node]} in {node}", lambda: _log_text(workdir, [f"wg-{node}"]))
         key_file = workdir / f"wg-{node}.key"
         key_file.write_text(keys[node][0] + "\n")
         key_file.chmod(0o600)
-        topo.run(node, "wg", "set", "wg0", "private-key", str(key_file), "listen-port", "51820")
-        topo.run(node, "ip", "addr", "add", f"{addresses[node]}/24", "dev", "wg0")
-        topo.run(node, "ip", "link", "set", "wg0", "up")
+        topo.run(node, "wg", "set", dev[node], "private-key", str(key_file), "listen-port", "51820")
+        topo.run(node, "ip", "addr", "add", f"{addresses[node]}/24", "dev", dev[node])
+        topo.run(node, "ip", "link", "set", dev[node], "up")
     # The hub: both spokes are its peers, each allowed its own addresses (the connector the prefix).
-    topo.run("edge", "wg", "set", "wg0", "peer", keys["client"][1], "allowed-ips", "198.18.0.2/32")
-    topo.run("edge", "wg", "set", "wg0", "peer", keys["conn"][1], "allowed-ips", f"198.18.0.3/32,{PRIVATE_PREFIX}")
-    topo.run("edge", "ip", "route", "add", PRIVATE_PREFIX, "dev", "wg0")
+    topo.run("edge", "wg", "set", dev["edge"], "peer", keys["client"][1], "allowed-ips", "198.18.0.2/32")
+    topo.run("edge", "wg", "set", dev["edge"], "peer", keys["conn"][1], "allowed-ips", f"198.18.0.3/32,{PRIVATE_PREFIX}")
+    topo.run("edge", "ip", "route", "add", PRIVATE_PREFIX, "dev", dev["edge"])
     topo.sysctl("edge", "net.ipv4.ip_forward", "1")
-    topo.run("client", "wg", "set", "wg0", "peer", keys["edge"][1], "endpoint", f"{EDGE_CLIENT_SIDE}:51820",
+    topo.run("client", "wg", "set", dev["client"], "peer", keys["edge"][1], "endpoint", f"{EDGE_CLIENT_SIDE}:51820",
              "allowed-ips", f"198.18.0.0/24,{PRIVATE_PREFIX}", "persistent-keepalive", "25")
-    topo.run("client", "ip", "route", "add", PRIVATE_PREFIX, "dev", "wg0")
-    topo.run("conn", "wg", "set", "wg0", "peer", keys["edge"][1], "endpoint", f"{EDGE_CONN_SIDE}:51820",
+    topo.run("client", "ip", "route", "add", PRIVATE_PREFIX, "dev", dev["client"])
+    topo.run("conn", "wg", "set", dev["conn"], "peer", keys["edge"][1], "endpoint", f"{EDGE_CONN_SIDE}:51820",
              "allowed-ips", "198.18.0.0/24", "persistent-keepalive", "25")
     topo.sysctl("conn", "net.ipv4.ip_forward", "1")
     # The connector's handshake first, so the hub knows where it is when the client's packets come.
     wait_until(lambda: topo.run("conn", "ping", "-n", "-q", "-c", "1", "-W", "1", "198.18.0.1",
-                                check=False).returncode == 0, 15, "the connector's wg0 did not reach the hub")
+                                check=False).returncode == 0, 15, "the connector's WireGuard did not reach the hub")
 
 
 # --- OpenVPN -----------------------------------------------------------------------------------

@@ -179,8 +179,13 @@ static int send_main(int argc, char **argv) {
     uint64_t offered = (uint64_t)(rate * seconds + 0.5);
     uint8_t *seen = calloc(offered / 8 + 1, 1);
     uint32_t *rtts = malloc((offered + 1) * sizeof *rtts);
-    uint8_t *msg = calloc(1, (size_t)size), in[MAX_SIZE];
-    if (!seen || !rtts || !msg) return 1;
+    /* One buffer per datagram of a batch, each way; an echo one byte longer than ours is foreign. */
+    size_t in_size = (size_t)size + 1;
+    uint8_t *out = calloc(BATCH, (size_t)size), *in = malloc(BATCH * in_size);
+    static struct mmsghdr out_msgs[BATCH], in_msgs[BATCH];
+    static struct iovec out_iov[BATCH], in_iov[BATCH];
+    static char control[BATCH][CMSG_SPACE(sizeof(struct timespec))];
+    if (!seen || !rtts || !out || !in) return 1;
     uint64_t sent = 0, failed = 0, echoed = 0, duplicates = 0, foreign = 0, index = 0;
     double period_ns = 1e9 / rate;
     prctl(PR_SET_TIMERSLACK, 1UL); /* the default 50 us slack would stretch every pacing sleep */
@@ -190,59 +195,80 @@ static int send_main(int argc, char **argv) {
     double c0 = cpu_s();
     for (;;) {
         uint64_t now = now_ns();
-        /* Every datagram due by now goes out, BATCH at a time with the echoes read in between. */
+        /* Every datagram due by now goes out, up to BATCH in one sendmmsg, the echoes read in between. */
         int burst = 0;
-        while (index < offered && t0 + (uint64_t)((double)index * period_ns) <= now && burst < BATCH) {
-            uint64_t t = real_ns();
-            memcpy(msg, &index, 8);
-            memcpy(msg + 8, &t, 8);
-            if (send(fd, msg, (size_t)size, MSG_DONTWAIT) == (ssize_t)size) sent++;
-            else if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED) failed++;
-            else {
-                perror("udp_flood send: send");
-                return 1;
-            }
-            index++;
+        uint64_t stamp_now = real_ns();
+        while (index + (uint64_t)burst < offered && burst < BATCH &&
+               t0 + (uint64_t)((double)(index + (uint64_t)burst) * period_ns) <= now) {
+            uint8_t *m = out + (size_t)burst * (size_t)size;
+            uint64_t ix = index + (uint64_t)burst;
+            memcpy(m, &ix, 8);
+            memcpy(m + 8, &stamp_now, 8);
+            out_iov[burst].iov_base = m;
+            out_iov[burst].iov_len = (size_t)size;
+            memset(&out_msgs[burst].msg_hdr, 0, sizeof out_msgs[burst].msg_hdr);
+            out_msgs[burst].msg_hdr.msg_iov = &out_iov[burst];
+            out_msgs[burst].msg_hdr.msg_iovlen = 1;
             burst++;
         }
+        for (int done = 0; done < burst;) {
+            int n = sendmmsg(fd, out_msgs + done, (unsigned)(burst - done), MSG_DONTWAIT);
+            if (n > 0) {
+                sent += (uint64_t)n;
+                done += n;
+            } else if (errno == ENOBUFS || errno == EAGAIN || errno == ECONNREFUSED) {
+                failed++; /* the kernel refused this one: lost, offered all the same */
+                done++;
+            } else {
+                perror("udp_flood send: sendmmsg");
+                return 1;
+            }
+        }
+        index += (uint64_t)burst;
         if (index == offered && !end) {
             last_send = now_ns();
             end = last_send + (uint64_t)drain_ms * 1000000ull;
         }
         if (end && (now >= end || echoed + failed >= offered)) break;
         for (;;) {
-            /* The kernel's receive time (SO_TIMESTAMPNS), so how late this loop wakes up does not
-             * count in the round trip. */
-            char control[CMSG_SPACE(sizeof(struct timespec))];
-            struct iovec iov = {in, sizeof in};
-            struct msghdr mh;
-            memset(&mh, 0, sizeof mh);
-            mh.msg_iov = &iov;
-            mh.msg_iovlen = 1;
-            mh.msg_control = control;
-            mh.msg_controllen = sizeof control;
-            ssize_t got = recvmsg(fd, &mh, MSG_DONTWAIT);
-            if (got < 0) {
+            /* recvmmsg with the kernel's receive time of each echo (SO_TIMESTAMPNS), so how late this
+             * loop wakes up does not count in the round trip. */
+            for (int k = 0; k < BATCH; k++) {
+                in_iov[k].iov_base = in + (size_t)k * in_size;
+                in_iov[k].iov_len = in_size;
+                memset(&in_msgs[k].msg_hdr, 0, sizeof in_msgs[k].msg_hdr);
+                in_msgs[k].msg_hdr.msg_iov = &in_iov[k];
+                in_msgs[k].msg_hdr.msg_iovlen = 1;
+                in_msgs[k].msg_hdr.msg_control = control[k];
+                in_msgs[k].msg_hdr.msg_controllen = sizeof control[k];
+            }
+            int got_n = recvmmsg(fd, in_msgs, BATCH, MSG_DONTWAIT, NULL);
+            if (got_n < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNREFUSED) break;
-                perror("udp_flood send: recv");
+                perror("udp_flood send: recvmmsg");
                 return 1;
             }
-            uint64_t t = 0, i, stamp;
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
-                    struct timespec ts;
-                    memcpy(&ts, CMSG_DATA(c), sizeof ts);
-                    t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+            for (int k = 0; k < got_n; k++) {
+                struct msghdr *mh = &in_msgs[k].msg_hdr;
+                const uint8_t *data = in + (size_t)k * in_size;
+                uint64_t t = 0, i, stamp;
+                for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+                    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+                        struct timespec ts;
+                        memcpy(&ts, CMSG_DATA(c), sizeof ts);
+                        t = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+                    }
                 }
+                if (!t) t = real_ns();
+                if (in_msgs[k].msg_len != (unsigned)size) { foreign++; continue; }
+                memcpy(&i, data, 8);
+                memcpy(&stamp, data + 8, 8);
+                if (i >= index || stamp < real0 || stamp > t) { foreign++; continue; }
+                if (seen[i / 8] & (1u << (i % 8))) { duplicates++; continue; }
+                seen[i / 8] |= (uint8_t)(1u << (i % 8));
+                rtts[echoed++] = (uint32_t)(t - stamp > UINT32_MAX ? UINT32_MAX : t - stamp);
             }
-            if (!t) t = real_ns();
-            if (got != size) { foreign++; continue; }
-            memcpy(&i, in, 8);
-            memcpy(&stamp, in + 8, 8);
-            if (i >= index || stamp < real0 || stamp > t) { foreign++; continue; }
-            if (seen[i / 8] & (1u << (i % 8))) { duplicates++; continue; }
-            seen[i / 8] |= (uint8_t)(1u << (i % 8));
-            rtts[echoed++] = (uint32_t)(t - stamp > UINT32_MAX ? UINT32_MAX : t - stamp);
+            if (got_n < BATCH) break;
         }
         if (index < offered) {
             /* Sleep to the next datagram's time, but at least QUANTUM_NS: above 1e9/QUANTUM_NS

@@ -1,7 +1,7 @@
 """bench/e2e: the deployed path, end to end, against the kernel path, wireguard-go and OpenVPN
 in the same run (root; ``make bench-e2e`` bootstraps and runs it).
 
-    python -m bench.e2e [--quick] [--systems kernel,fastproxy-raw,...] [--markdown FILE]
+    python -m bench.e2e [--quick] [--rounds N] [--systems kernel,fastproxy-raw,...] [--markdown FILE]
                         [--json FILE] [--plot FILE]
 
 Every system gets a fresh namespace topology (bench/e2e/systems.py), then the same loads
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def environment() -> str:
 
 
 def run_system(name: str, plan: Plan, exes: dict[str, Path], workdir: Path, deadline: float,
-               log: callable) -> dict[str, Measurement]:  # type: ignore[valid-type]
+               log: Callable[[str], None]) -> dict[str, Measurement]:
     """Set ``name`` up, put every load of ``plan`` on it (until ``deadline``), tear it down."""
     results: dict[str, Measurement] = {}
 
@@ -120,6 +121,12 @@ def run_system(name: str, plan: Plan, exes: dict[str, Path], workdir: Path, dead
     return results
 
 
+def median(measurements: list[Measurement]) -> Measurement:
+    """The measurement of median rate (the lower middle one of an even count)."""
+    ordered = sorted(measurements, key=lambda m: m.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, run every system, print and save the report."""
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__,
@@ -132,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "bench-e2e",
                         help="where the C generators are compiled (default build/bench-e2e)")
     parser.add_argument("--max-seconds", type=float, default=900, help="start no load after this (default 900)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every system this many times (alternating the order) and report each "
+                        "figure's median round, by rate (default 1)")
     args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 10:
+        parser.error("--rounds must be between 1 and 10")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -154,18 +166,30 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     log(f"bench-e2e: {env}")
     deadline = time.monotonic() + args.max_seconds
-    results: dict[str, dict[str, Measurement]] = {}
+    rounds: dict[str, dict[str, list[Measurement]]] = {name: {} for name in systems}
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="fastproxy-bench-e2e-") as tmp:
-        for name in systems:
-            if time.monotonic() > deadline:
-                failures[name] = "--max-seconds reached before it started"
-                continue
-            try:
-                results[name] = run_system(name, plan, exes, Path(tmp), deadline, log)
-            except SystemFailed as exc:
-                failures[name] = str(exc)
-                log(f"{name}: did not come up: {exc}")
+        for number in range(args.rounds):
+            # Every other round in reverse order, so a drift in the machine's load does not
+            # always favour the same systems.
+            for name in systems if number % 2 == 0 else systems[::-1]:
+                if name in failures:
+                    continue
+                if time.monotonic() > deadline:
+                    failures.setdefault(name, "--max-seconds reached before it started")
+                    continue
+                try:
+                    measured = run_system(name, plan, exes, Path(tmp) / f"round{number}", deadline, log)
+                except SystemFailed as exc:
+                    failures[name] = str(exc)
+                    log(f"{name}: did not come up: {exc}")
+                    continue
+                for load, m in measured.items():
+                    rounds[name].setdefault(load, []).append(m)
+    results = {name: {load: median(ms) for load, ms in by_load.items()}
+               for name, by_load in rounds.items() if by_load}
+    if args.rounds > 1:
+        env += f"; median of {args.rounds} rounds (by rate)"
     loads = load_names(plan)
     report = markdown(results, loads, failures, command, env)
     print(report)

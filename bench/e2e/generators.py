@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["GENERATORS", "SOURCE_DIR", "CompileError", "compile_generators", "read_rtts"]
+__all__ = ["GENERATORS", "SOURCE_DIR", "CompileError", "compile_generators", "parse_summary", "read_rtts"]
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "c"
 GENERATORS = ("icmp_flood", "udp_flood")

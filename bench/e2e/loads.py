@@ -95,7 +95,8 @@ def icmp_window(system: System, exe: Path, window: int, seconds: float) -> Measu
             summary = parse_summary(_run(system, str(exe), "-w", str(window), "-t", str(seconds), "-o", rtt_file.name,
                                          TARGET, timeout=seconds + 30))
             rtts = read_rtts(rtt_file.name)
-        assert len(rtts) == summary["received"], (len(rtts), summary)
+        if len(rtts) != summary["received"]:
+            raise RuntimeError(f"icmp_flood wrote {len(rtts)} round trips for {summary['received']} replies")
         m = Measurement(system.name, "", rate=summary["per_second"], count=int(summary["received"]),
                         loss=summary["lost"] / summary["sent"] if summary["sent"] else 1.0, extra=summary)
         _percentiles(m, rtts)
@@ -172,7 +173,8 @@ def udp_echo(system: System, exe: Path, rate: float, seconds: float, size: int =
         echo = system.topo.popen("target", str(exe), "echo", "-t", str(seconds + 30), str(UDP_PORT),
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
-            assert echo.stdout is not None and echo.stdout.readline() == b"ready\n"
+            if echo.stdout is None or echo.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"udp_flood echo did not start on the target (exit status {echo.poll()})")
             with tempfile.NamedTemporaryFile(prefix="udp-rtt-", suffix=".bin") as rtt_file:
                 summary = parse_summary(_run(system, str(exe), "send", "-r", str(int(rate)), "-s", str(size), "-t",
                                              str(seconds), "-o", rtt_file.name, TARGET, str(UDP_PORT),

@@ -1,16 +1,18 @@
-"""The systems bench/e2e measures, each set up in the same namespace topology and torn down
-after it (a fresh topology per system):
+"""The systems bench/e2e measures, each in a namespace topology of its own, built before it
+and deleted after it:
 
-    client ──── edge ──── conn ── r1 ── r2 ── r3 ── target
-    192.0.2.1   .2        198.51.100.2    (routers)     203.0.113.130
-                198.51.100.1   203.0.113.1
+    client ─── edge ─────────── conn ─────────── r1 ── r2 ── r3 ── target
+    192.0.2.1  192.0.2.2        198.51.100.2                        203.0.113.130
+               198.51.100.1     203.0.113.1      (routers)          (203.0.113.128/25)
 
 - ``kernel``: no tunnel; the load runs in the connector's namespace straight to the target
-  through the three routers (the physical limit of the path behind the connector).
-- ``wireguard-go``: client ↔ hub on the edge ↔ connector (one wireguard-go each), the hub routing between
-  its two peers, the connector forwarding into the private network (198.18.0.0/24 inside).
+  through the three routers (the path behind the connector, with nothing in the way).
+- ``wireguard-go``: client ↔ hub on the edge ↔ connector, one wireguard-go in each, the hub
+  routing between its two peers, the connector forwarding into the private network (tunnel
+  addresses 198.18.0.0/24).
 - ``openvpn``: OpenVPN 2.6, UDP, AES-256-GCM, no DCO; the server on the edge with
-  client-to-client, the connector a client with an iroute for the private prefix (198.18.1.0/24).
+  client-to-client, the client and the connector its clients, the connector with an iroute for
+  the private prefix (tunnel addresses 198.18.1.0/24).
 - ``fastproxy-raw`` / ``fastproxy-ping``: the real ``fastproxy edge``, ``connector
   --backend raw|ping`` and ``client --tun`` processes.
 

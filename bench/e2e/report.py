@@ -16,6 +16,8 @@ PEERS = ("kernel", "wireguard-go", "openvpn")
 def _rate(m: Measurement | None) -> str:
     if m is None:
         return "—"
+    if "below" in m.extra:  # a rate search where no trial passed
+        return f"< {m.extra['below'] / 1000:.1f}k/s"
     if m.mbit is not None:
         text = f"{m.rate / 1000:.1f}k/s ({m.mbit:.0f} Mbit/s)"
     else:
@@ -48,7 +50,6 @@ def markdown(results: dict[str, dict[str, Measurement]], loads: Sequence[str], f
                "loss when ≥ 0.05%:")
     out.append("")
     out += _table(["load", *systems], [[load, *(_rate(results[s].get(load)) for s in systems)] for load in loads])
-    out += ["", "Round-trip latency p50 / p99 / p99.9 (µs unless marked; `ping -f`: its avg):", ""]
     rows = []
     for load in loads:
         cells = []
@@ -62,7 +63,9 @@ def markdown(results: dict[str, dict[str, Measurement]], loads: Sequence[str], f
                 cells.append(f"{_us(m.p50)} / {_us(m.p99)} / {_us(m.p999)}")
         if any(c != "—" for c in cells):
             rows.append([load, *cells])
-    out += _table(["load", *systems], rows)
+    if rows:
+        out += ["", "Round-trip latency p50 / p99 / p99.9 (µs unless marked; `ping -f`: its avg):", ""]
+        out += _table(["load", *systems], rows)
     if ours and peers:
         out += ["", "fastproxy's rate as a ratio to each peer's in this run (>1: fastproxy is faster; "
                 "p50: ratio of median round trips, <1: fastproxy is quicker):", ""]

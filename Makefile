@@ -2,11 +2,14 @@
 #   make run    the main job: fastproxy demo (edge, connector and client on loopback)
 #   make test   the whole test suite
 #   make bench  the benchmarks (opt-in; bounded), figures go to bench/RESULTS.md
+#   make bench-e2e  the deployed path end to end against the kernel, wireguard-go and OpenVPN
+#               (root; about 10 minutes, BENCH_E2E_ARGS=--quick about 2; bench/e2e/)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_E2E_ARGS ?=
 
-.PHONY: run test bench bootstrap clean
+.PHONY: run test bench bench-e2e bootstrap clean
 
 run:
 	./scripts/bootstrap.sh
@@ -20,6 +23,11 @@ bench:
 	./scripts/bootstrap.sh --test
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-only $(PYTEST_ARGS)
+
+bench-e2e:
+	./scripts/bootstrap.sh --test
+	./bench/e2e/bootstrap.sh
+	$(PY) -m bench.e2e $(BENCH_E2E_ARGS)
 
 clean:
 	rm -rf build $(VENV) src/fastproxy/_core.c src/fastproxy/*.so src/*.egg-info

@@ -81,6 +81,10 @@ MAX_UDP_PAYLOAD = 1452
 # healthy connection; a PING every second costs nothing measurable.
 IDLE_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 1.0
+# How long a due ACK may wait for a packet to ride on (see TunnelConnection._after_receive).
+# Well inside the 25 ms max_ack_delay qh3 advertises, so the peer's loss detection is
+# unaffected; long enough for an answer through the tunnel to come back and carry it.
+ACK_COALESCE = 0.002
 # The client opens the first bidirectional stream; its id is 0 (RFC 9000 2.1).
 CONTROL_STREAM_ID = 0
 
@@ -274,7 +278,57 @@ class TunnelConnection(QuicConnectionProtocol):
     def _after_receive(self) -> None:
         self._process_events()
         self._deliver_datagrams()
+        if self._transmit_task is None and self._quic._handshake_complete and self._arm_timer():
+            return  # only an ACK is due: it waits for the next packet (see _arm_timer)
         self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the connection has to send, then re-arm its timer (qh3's transmit,
+        with ACK timers held back by ACK_COALESCE once the handshake is done)."""
+        if not self._quic._handshake_complete:
+            super().transmit()
+            return
+        self._transmit_task = None
+        datagrams: list[bytes] = []
+        send_addr: Any = None
+        sendto_many = self._sendto_many
+        for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+            if datagrams and addr != send_addr:
+                self._send_packets(sendto_many, datagrams, send_addr)
+                datagrams = []
+            datagrams.append(data)
+            send_addr = addr
+        if datagrams:
+            self._send_packets(sendto_many, datagrams, send_addr)
+        self._arm_timer()
+
+    def _send_packets(self, sendto_many: Any, datagrams: list[bytes], addr: Any) -> None:
+        if sendto_many is not None:
+            sendto_many(datagrams, addr)
+        else:
+            for data in datagrams:
+                self._transport.sendto(data, addr)
+
+    def _arm_timer(self) -> bool:
+        """Arm the loop timer for the connection's next deadline; True if that deadline
+        is a due (or soon due) ACK, which is then held back by ACK_COALESCE.
+
+        qh3 adds an ACK to an outgoing packet only once the ACK is due, and makes it due
+        on every second packet received (or 1 ms after the first): with one request in
+        flight each way, every second datagram cost an ACK-only packet, which wakes the
+        peer for nothing. Held back a little, the ACK rides on the next packet to that
+        peer (the answer, usually), still well inside the max_ack_delay qh3 advertises."""
+        core = self._quic._core
+        timer = core.get_timer() if core is not None else None
+        is_ack = timer is not None and timer[0] == "ack_application"
+        at = None if timer is None else timer[1] + ACK_COALESCE if is_ack else timer[1]
+        if self._timer is not None and self._timer_at != at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and at is not None:
+            self._timer = self._loop.call_at(at, self._handle_timer)
+        self._timer_at = at
+        return is_ack
 
     def _deliver_datagrams(self) -> None:
         quic = self._quic

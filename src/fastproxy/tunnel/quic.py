@@ -43,6 +43,7 @@ from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import QuicErrorCode
 
 from .certs import normalize_pin
 
@@ -268,7 +269,18 @@ class TunnelConnection(QuicConnectionProtocol):
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         self.remote_address = addr
-        self._quic.receive_many_datagrams(data, addr, now=self._loop_time())
+        quic = self._quic
+        core = quic._core
+        if core is not None and quic._handshake_complete and quic._quic_logger is None:
+            # Established: straight into the native core (the library's wrapper only
+            # validates the address and logs each datagram for qlog, which is off).
+            try:
+                core.receive_many_datagrams(data, addr, self._loop.time())
+            except RuntimeError as exc:
+                raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+            quic._drain_core()
+        else:
+            quic.receive_many_datagrams(data, addr, now=self._loop_time())
         self._after_receive()
 
     def _handle_timer(self) -> None:
@@ -289,10 +301,24 @@ class TunnelConnection(QuicConnectionProtocol):
             super().transmit()
             return
         self._transmit_task = None
+        quic = self._quic
+        if quic._core is None or quic._quic_logger is not None:
+            super().transmit()
+            return
+        # The library's datagrams_to_send, without its per-packet qlog calls.
+        poll_transmit = quic._core.poll_transmit
+        now = self._loop.time()
         datagrams: list[bytes] = []
         send_addr: Any = None
         sendto_many = self._sendto_many
-        for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+        while True:
+            try:
+                transmit = poll_transmit(now)
+            except RuntimeError as exc:
+                raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+            if transmit is None:
+                break
+            data, addr = transmit[0], transmit[1]
             if datagrams and addr != send_addr:
                 self._send_packets(sendto_many, datagrams, send_addr)
                 datagrams = []
@@ -322,12 +348,16 @@ class TunnelConnection(QuicConnectionProtocol):
         timer = core.get_timer() if core is not None else None
         is_ack = timer is not None and timer[0] == "ack_application"
         at = None if timer is None else timer[1] + ACK_COALESCE if is_ack else timer[1]
-        if self._timer is not None and self._timer_at != at:
+        if self._timer is not None and (at is None or at < self._timer_at):  # type: ignore[operator]
             self._timer.cancel()
             self._timer = None
-        if self._timer is None and at is not None:
-            self._timer = self._loop.call_at(at, self._handle_timer)
-        self._timer_at = at
+        if self._timer is None:
+            if at is not None:
+                self._timer = self._loop.call_at(at, self._handle_timer)
+            self._timer_at = at
+        # A later deadline keeps the armed timer: most packets push the loss-detection
+        # and idle deadlines a little later, and a new timer handle per packet costs
+        # more than a timer that fires early, finds nothing due and re-arms.
         return is_ack
 
     def _deliver_datagrams(self) -> None:
@@ -387,9 +417,23 @@ class _BatchingServer(QuicServer):
 
     def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
         pending: dict[TunnelConnection, list[bytes]] = {}
+        protocols = self._protocols
+        cid_end = 1 + self._configuration.connection_id_length
         self.pending = pending
         try:
             for data in datagrams:
+                # A short-header packet (form bit clear) of a known connection: its
+                # destination connection id follows the first byte. Everything else takes
+                # the library's path (header parse, version checks, new connections).
+                if data and not data[0] & 0x80:
+                    connection = protocols.get(data[1:cid_end])
+                    if connection is not None:
+                        batch = pending.get(connection)  # type: ignore[call-overload]
+                        if batch is None:
+                            pending[connection] = [data]  # type: ignore[index]
+                        else:
+                            batch.append(data)
+                        continue
                 self.datagram_received(data, addr)
         finally:
             self.pending = None

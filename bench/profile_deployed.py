@@ -39,12 +39,13 @@ from tests.netns import Link, Route, Topology  # noqa: E402
 TARGET = "203.0.113.130"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ECHO_SOURCE = Path(__file__).resolve().parent / "c" / "profile_echo_window.c"
+C_DIR = Path(__file__).resolve().parent / "c"
+UDP_PORT = 9000
 
 
-def build_echo(workdir: str) -> str:
-    binary = os.path.join(workdir, "echo_window")
-    subprocess.run(["cc", "-O2", "-o", binary, str(ECHO_SOURCE)], check=True)
+def build(workdir: str, name: str) -> str:
+    binary = os.path.join(workdir, name)
+    subprocess.run(["cc", "-O2", "-o", binary, str(C_DIR / f"{name}.c")], check=True)
     return binary
 
 
@@ -95,12 +96,73 @@ def measure(topo: Topology, node: str, echo: str, window: int, count: int,
     return result
 
 
+SCRAPE = ("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=5)"
+          ".read().decode())")
+
+
+def counted_drops(topo: Topology) -> dict[str, float]:
+    """fastproxy_drops_total of the three processes (each serves /metrics in its namespace)."""
+    drops: dict[str, float] = {}
+    for node in ("user", "edge", "conn"):
+        for line in topo.run(node, sys.executable, "-c", SCRAPE).stdout.splitlines():
+            if line.startswith("fastproxy_drops_total{"):
+                name, value = line.rsplit(" ", 1)
+                drops[f"{node}:{name[len('fastproxy_drops_total'):]}"] = float(value)
+    return drops
+
+
+def udp_drops(topo: Topology) -> dict[str, int]:
+    """UDP receive-buffer and other input errors in each namespace (/proc/net/snmp)."""
+    drops: dict[str, int] = {}
+    for node in ("user", "edge", "conn", "target"):
+        lines = [line.split() for line in topo.run(node, "cat", "/proc/net/snmp").stdout.splitlines()
+                 if line.startswith("Udp:")]
+        fields = dict(zip(lines[0][1:], (int(v) for v in lines[1][1:])))
+        drops[node] = fields["RcvbufErrors"] + fields["InErrors"] + fields["SndbufErrors"]
+    # Packets the kernel dropped because the TUN client did not read them in time.
+    drops["tun"] = sum(int(topo.run("user", "cat", f"/sys/class/net/fp0/statistics/{name}").stdout)
+                       for name in ("tx_dropped", "rx_dropped"))
+    return drops
+
+
+def measure_udp(topo: Topology, node: str, udp: str, rate: int, pids: dict[str, int],
+                seconds: float = 2.0, size: int = 1200) -> dict[str, object]:
+    """Offer ``rate`` packets/s of UDP from ``node`` to the target's sink for ``seconds``
+    (after a slow warm-up from the same source port, so the tunnel's session is open)."""
+    topo.run(node, udp, "send", TARGET, str(UDP_PORT), "200", "0.2", str(size), "40000")
+    sink = topo.popen("target", udp, "sink", str(UDP_PORT), str(seconds + 5), stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None and sink.stdout.readline() == "ready\n"
+        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        drops_before = udp_drops(topo)
+        counted_before = counted_drops(topo)
+        sent = json.loads(topo.run(node, udp, "send", TARGET, str(UDP_PORT), str(rate), str(seconds), str(size),
+                                   "40000", timeout=seconds + 20).stdout)
+        got = json.loads(sink.communicate(timeout=seconds + 20)[0])
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    packets = max(int(sent["sent"]), 1)
+    drops = {node: count - drops_before[node] for node, count in udp_drops(topo).items()}
+    for name, count in counted_drops(topo).items():
+        if count != counted_before.get(name, 0):
+            drops[name] = int(count - counted_before.get(name, 0))
+    return {"socket_drops": drops, "offered_per_second": rate, "sent": sent["sent"], "received": got["received"],
+            "received_per_second": round(got["received"] / float(sent["seconds"]), 1),
+            "loss": round(1 - got["received"] / packets, 5),
+            "cpu_us_per_packet": {name: round((cpu_ticks(pid) - before[name]) / CLK_TCK * 1e6 / packets, 1)
+                                  for name, pid in pids.items()}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--w1", type=int, default=3000, help="echoes per W=1 run")
     parser.add_argument("--w64", type=int, default=60000, help="echoes per W=64 run")
     parser.add_argument("--backend", default="raw", choices=("raw", "ping", "auto"))
+    parser.add_argument("--udp-rates", default="", metavar="PPS,...",
+                        help="also offer UDP at these packet rates (1200-byte payloads, 2 s each)")
     parser.add_argument("--hold", type=float, default=0.0, help="then keep a W=64 load going this long")
     parser.add_argument("--hold-window", type=int, default=64, help="window of the --hold load")
     parser.add_argument("--cprofile", action="append", default=[], choices=("client", "edge", "connector"),
@@ -114,7 +176,8 @@ def main() -> int:
     for role in args.cprofile:
         CPROFILE[role] = f"/tmp/fastproxy-{role}.prof"
     workdir = tempfile.mkdtemp(prefix="fastproxy-profile-")
-    echo = build_echo(workdir)
+    echo = build(workdir, "profile_echo_window")
+    udp = build(workdir, "profile_udp")
     cert = generate_self_signed(workdir)
     topo = Topology(
         links=[
@@ -133,16 +196,16 @@ def main() -> int:
         try:
             edge = fastproxy(topo, "edge", "edge", "--listen", "0.0.0.0:4433", "--cert", cert.cert_file,
                              "--key", cert.key_file, "--client-token", "c1", "--connector-token", "k1",
-                             log=f"{workdir}/edge.log")
+                             "--metrics", "127.0.0.1:9464", log=f"{workdir}/edge.log")
             processes.append(edge)
             connector = fastproxy(topo, "conn", "connector", "--edge", "198.51.100.1:4433", "--token", "k1",
                                   "--route", "203.0.113.128/25", "--pin", cert.fingerprint,
-                                  "--backend", args.backend, log=f"{workdir}/connector.log")
+                                  "--backend", args.backend, "--metrics", "127.0.0.1:9464", log=f"{workdir}/connector.log")
             processes.append(connector)
             assert wait_until(lambda: "connected to the edge" in Path(f"{workdir}/connector.log").read_text()), \
                 Path(f"{workdir}/connector.log").read_text()
             client = fastproxy(topo, "user", "client", "--edge", "192.0.2.2:4433", "--token", "c1",
-                               "--pin", cert.fingerprint, "--tun", "fp0", log=f"{workdir}/client.log")
+                               "--pin", cert.fingerprint, "--tun", "fp0", "--metrics", "127.0.0.1:9464", log=f"{workdir}/client.log")
             processes.append(client)
             assert wait_until(lambda: "203.0.113.128/25" in topo.run("user", "ip", "route", check=False).stdout), \
                 Path(f"{workdir}/client.log").read_text()
@@ -164,6 +227,13 @@ def main() -> int:
                               f"pkts/rt {r['packets_per_rt']}", flush=True)
             if args.runs:
                 summary(results)
+            for rate in [int(r) for r in args.udp_rates.split(",") if r]:
+                for path, node in (("kernel", "conn"), ("tunnel", "user")):
+                    r = measure_udp(topo, node, udp, rate, pids)
+                    results.setdefault(f"{path}_udp", []).append(r)
+                    print(f"{path:6} UDP {rate:>6}/s offered ({rate * 1200 * 8 / 1e6:.0f} Mbit/s): "
+                          f"delivered {r['received_per_second']:>7.0f}/s loss {r['loss'] * 100:5.2f}% "
+                          f"cpu µs/packet {r['cpu_us_per_packet']} socket drops {r['socket_drops']}", flush=True)
             if args.hold:
                 print("holding; pids", pids, flush=True)
                 deadline = time.monotonic() + args.hold

@@ -4,6 +4,9 @@ control stream, closing with a reason, and keepalive pings."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+from pathlib import Path
 
 import pytest
 from qh3.quic import events
@@ -106,6 +109,35 @@ def test_one_request_in_flight_sends_no_ack_only_packets() -> None:
             # The last ACKs still go out on their own, within ACK_COALESCE of being due.
             before = server_sent[0]
             await wait_for(lambda: server_sent[0] > before)
+            client.close()
+        finally:
+            server.close()
+
+    run(body)
+
+
+def test_sockets_get_large_buffers() -> None:
+    """Both ends' QUIC sockets get SOCKET_BUFFER_SIZE buffers (beyond rmem_max as root):
+    the default ~200 KiB overflowed under a UDP flood while the process was busy."""
+
+    def buffers(transport: object) -> tuple[int, int]:
+        sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        return (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+    async def body() -> None:
+        cert = certificate()
+        server = await quic.serve("127.0.0.1", 0, cert_file=cert.cert_file, key_file=cert.key_file,
+                                  on_connection=lambda connection: None)
+        try:
+            client = await quic.connect("127.0.0.1", server.port, trust=pin_trust())
+            if os.geteuid() == 0:
+                wanted = quic.SOCKET_BUFFER_SIZE
+            else:  # capped by the sysctls (the kernel reports twice what it grants)
+                wanted = min(quic.SOCKET_BUFFER_SIZE, int(Path("/proc/sys/net/core/rmem_max").read_text()))
+            for transport in (server._server._transport, client._transport):
+                receive, send = buffers(transport)
+                assert receive >= wanted and send >= min(wanted, quic.SOCKET_BUFFER_SIZE), (receive, send)
             client.close()
         finally:
             server.close()

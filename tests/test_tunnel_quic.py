@@ -145,6 +145,50 @@ def test_sockets_get_large_buffers() -> None:
     run(body)
 
 
+class FakeUdpState:
+    """Stands in for qh3's quinn-udp socket state: each recv() returns the next list."""
+
+    def __init__(self, *receives: list[tuple[bytes, tuple[str, int]]]) -> None:
+        self.receives = list(receives)
+        self.calls = 0
+
+    def recv(self) -> list[tuple[bytes, tuple[str, int]]]:
+        self.calls += 1
+        return self.receives.pop(0) if self.receives else []
+
+
+def short_read_transport(batches: list[tuple[list[bytes], object]]) -> quic._ShortReadTransport:
+    class Protocol:
+        def datagrams_received(self, datagrams: list[bytes], addr: object) -> None:
+            batches.append((datagrams, addr))
+
+    transport = object.__new__(quic._ShortReadTransport)
+    transport._protocol = Protocol()  # type: ignore[assignment]
+    transport._protocol_supports_batch = True
+    transport._closing = transport._paused = False
+    transport._reader_registered = False
+    return transport
+
+
+def test_a_short_receive_ends_the_read() -> None:
+    """One datagram waiting: one receive call, not a second one that finds the socket
+    empty (a syscall per wakeup); a full receive (32) is followed by another."""
+    a, b = ("192.0.2.1", 1), ("192.0.2.2", 2)
+    batches: list[tuple[list[bytes], object]] = []
+    state = FakeUdpState([(b"1", a)], [(b"never read", a)])
+    short_read_transport(batches)._recv_rust(state)
+    assert state.calls == 1
+    assert batches == [([b"1"], a)]
+
+    batches.clear()
+    full = [(b"x%d" % i, a if i < 20 else b) for i in range(quic._RECV_BATCH)]
+    state = FakeUdpState(full, [(b"last", b)])
+    short_read_transport(batches)._recv_rust(state)
+    assert state.calls == 2
+    # Consecutive datagrams from one address go up together, in order.
+    assert batches == [([d for d, _ in full[:20]], a), ([d for d, _ in full[20:]], b), ([b"last"], b)]
+
+
 def test_trust_needs_exactly_one_choice_and_a_valid_pin() -> None:
     with pytest.raises(ValueError):
         quic.Trust()

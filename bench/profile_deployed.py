@@ -64,6 +64,8 @@ def link_packets(topo: Topology, node: str) -> dict[str, int]:
     return out
 
 
+SOURCE = [str(ROOT / "src")]
+"""Where the three processes import fastproxy from (--src: compare another checkout)."""
 CPROFILE: dict[str, str] = {}
 """Role -> output file: run that process under cProfile (--cprofile ROLE)."""
 
@@ -71,7 +73,7 @@ CPROFILE: dict[str, str] = {}
 def fastproxy(topo: Topology, node: str, *args: str, log: str) -> subprocess.Popen[bytes]:
     wrap = ["-m", "cProfile", "-o", CPROFILE[args[0]]] if args[0] in CPROFILE else []
     return topo.popen(node, sys.executable, *wrap, "-m", "fastproxy", *args, stdout=open(log, "wb"),  # noqa: SIM115
-                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": SOURCE[0]})
 
 
 def wait_until(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
@@ -167,12 +169,15 @@ def main() -> int:
     parser.add_argument("--hold-window", type=int, default=64, help="window of the --hold load")
     parser.add_argument("--cprofile", action="append", default=[], choices=("client", "edge", "connector"),
                         help="run this process under cProfile (its stats: /tmp/fastproxy-ROLE.prof)")
+    parser.add_argument("--src", help="run the processes from this source tree (another commit's src/)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces, TUN, raw sockets)")
     from fastproxy.tunnel.certs import generate_self_signed
 
+    if args.src:
+        SOURCE[0] = str(Path(args.src).resolve())
     for role in args.cprofile:
         CPROFILE[role] = f"/tmp/fastproxy-{role}.prof"
     workdir = tempfile.mkdtemp(prefix="fastproxy-profile-")

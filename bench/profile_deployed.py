@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -197,6 +198,18 @@ def main() -> int:
     )
     processes: list[subprocess.Popen[bytes]] = []
     results: dict[str, list[dict[str, object]]] = {"kernel_w1": [], "kernel_w64": [], "tunnel_w1": [], "tunnel_w64": []}
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the namespaces and processes go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        run(topo, args, processes, results, workdir, cert, echo, udp)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def run(topo: Topology, args: argparse.Namespace, processes: list[subprocess.Popen[bytes]],
+        results: dict[str, list[dict[str, object]]], workdir: str, cert: Any, echo: str, udp: str) -> None:
+    """Start the three processes in ``topo`` and take every measurement ``args`` asks for."""
     with topo:
         try:
             edge = fastproxy(topo, "edge", "edge", "--listen", "0.0.0.0:4433", "--cert", cert.cert_file,
@@ -255,8 +268,6 @@ def main() -> int:
                     except subprocess.TimeoutExpired:
                         process.kill()
                         process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
-    return 0
 
 
 def _median(values: list[float]) -> float:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fastproxy.client.tun import TX_QUEUE_LENGTH
+
 from .conftest import require_root
 from .netns import Topology
 
@@ -75,6 +77,8 @@ def test_tun_device_lifecycle_and_packets() -> None:
         out = json.loads(result.stdout)
         assert out["name"].startswith("fptest")
         assert "mtu 1280" in out["link"] and ",UP" in out["link"]
+        # A deep queue: a client descheduled for a while on a busy host loses no packets.
+        assert f"qlen {TX_QUEUE_LENGTH}" in out["link"], out["link"]
         assert "100.96.0.2/32" in out["addr"] and "fd00:fa57::2/128" in out["addr"]
         assert "192.0.2.0/24" in out["routes4"]
         assert "100.96.0.9/32" in out["readdressed"] and "100.96.0.2/" not in out["readdressed"]

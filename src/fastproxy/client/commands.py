@@ -292,6 +292,15 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
         return await main(stop)
 
     try:
+        # uvloop when installed, as the edge and connector run (tunnel/commands.py): its
+        # readers and timers cost less per wakeup, which is most of what a ping through
+        # an idle tunnel costs the client.
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
         return asyncio.run(runner())
     except (ConnectionError, asyncio.TimeoutError, OSError, ValueError) as exc:
         edge = f" {args.edge[0]}:{args.edge[1]}" if getattr(args, "edge", None) else ""

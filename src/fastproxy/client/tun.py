@@ -19,12 +19,16 @@ import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 
-__all__ = ["DEFAULT_MTU", "TunDevice", "TunError"]
+__all__ = ["DEFAULT_MTU", "TX_QUEUE_LENGTH", "TunDevice", "TunError"]
 
 log = logging.getLogger("fastproxy.client.tun")
 
 DEFAULT_MTU = 1280
 """IPv6's minimum MTU: a packet of this size fits in one tunnel datagram."""
+
+TX_QUEUE_LENGTH = 4096
+"""Packets the kernel holds for the client to read (its default, 500, is 25 ms of a
+20k packets/s UDP flow: a client descheduled that long on a busy host lost the rest)."""
 
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
@@ -111,7 +115,7 @@ class TunDevice:
         """Set the MTU, add ``addresses`` (``addr/prefix``; a bare address is a host
         address), bring the device up and route ``routes`` into it."""
         self._check_open()
-        _ip("link", "set", "dev", self.name, "mtu", str(self.mtu))
+        _ip("link", "set", "dev", self.name, "mtu", str(self.mtu), "txqueuelen", str(TX_QUEUE_LENGTH))
         self.set_addresses(addresses)
         _ip("link", "set", "dev", self.name, "up")
         self.add_routes(routes)

@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from qh3.asyncio.protocol import QuicConnectionProtocol
-from qh3.asyncio._transport import create_optimized_datagram_transport
+from qh3.asyncio._transport import OptimizedDatagramTransport, create_optimized_datagram_transport
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
+from qh3.quic.packet import QuicErrorCode
 
 from ..logs import format_address
 from .certs import normalize_pin
@@ -112,6 +113,12 @@ MAX_UDP_PAYLOAD = 1452
 # healthy connection; a PING every second costs nothing measurable.
 IDLE_TIMEOUT = 5.0
 KEEPALIVE_INTERVAL = 1.0
+# How long a due ACK may wait for a packet to ride on (see TunnelConnection._after_receive).
+# Well inside the 25 ms max_ack_delay qh3 advertises, so the peer's loss detection is
+# unaffected; long enough for an answer through the tunnel to come back and carry it.
+ACK_COALESCE = 0.002
+# Receive and send buffer of each QUIC socket: about 80 ms of a 400 Mbit/s flood.
+SOCKET_BUFFER_SIZE = 4 * 1024 * 1024
 # The client opens the first bidirectional stream; its id is 0 (RFC 9000 2.1).
 CONTROL_STREAM_ID = 0
 
@@ -295,7 +302,18 @@ class TunnelConnection(QuicConnectionProtocol):
 
     def datagrams_received(self, data: list[bytes], addr: Any) -> None:
         self.remote_address = addr
-        self._quic.receive_many_datagrams(data, addr, now=self._loop_time())
+        quic = self._quic
+        core = quic._core
+        if core is not None and quic._handshake_complete and quic._quic_logger is None:
+            # Established: straight into the native core (the library's wrapper only
+            # validates the address and logs each datagram for qlog, which is off).
+            try:
+                core.receive_many_datagrams(data, addr, self._loop.time())
+            except RuntimeError as exc:
+                raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+            quic._drain_core()
+        else:
+            quic.receive_many_datagrams(data, addr, now=self._loop_time())
         self._after_receive()
 
     def _handle_timer(self) -> None:
@@ -305,7 +323,75 @@ class TunnelConnection(QuicConnectionProtocol):
     def _after_receive(self) -> None:
         self._process_events()
         self._deliver_datagrams()
+        if self._transmit_task is None and self._quic._handshake_complete and self._arm_timer():
+            return  # only an ACK is due: it waits for the next packet (see _arm_timer)
         self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the connection has to send, then re-arm its timer (qh3's transmit,
+        with ACK timers held back by ACK_COALESCE once the handshake is done)."""
+        if not self._quic._handshake_complete:
+            super().transmit()
+            return
+        self._transmit_task = None
+        quic = self._quic
+        if quic._core is None or quic._quic_logger is not None:
+            super().transmit()
+            return
+        # The library's datagrams_to_send, without its per-packet qlog calls.
+        poll_transmit = quic._core.poll_transmit
+        now = self._loop.time()
+        datagrams: list[bytes] = []
+        send_addr: Any = None
+        sendto_many = self._sendto_many
+        while True:
+            try:
+                transmit = poll_transmit(now)
+            except RuntimeError as exc:
+                raise QuicConnectionError(QuicErrorCode.INTERNAL_ERROR, None, str(exc)) from exc
+            if transmit is None:
+                break
+            data, addr = transmit[0], transmit[1]
+            if datagrams and addr != send_addr:
+                self._send_packets(sendto_many, datagrams, send_addr)
+                datagrams = []
+            datagrams.append(data)
+            send_addr = addr
+        if datagrams:
+            self._send_packets(sendto_many, datagrams, send_addr)
+        self._arm_timer()
+
+    def _send_packets(self, sendto_many: Any, datagrams: list[bytes], addr: Any) -> None:
+        if sendto_many is not None:
+            sendto_many(datagrams, addr)
+        else:
+            for data in datagrams:
+                self._transport.sendto(data, addr)
+
+    def _arm_timer(self) -> bool:
+        """Arm the loop timer for the connection's next deadline; True if that deadline
+        is a due (or soon due) ACK, which is then held back by ACK_COALESCE.
+
+        qh3 adds an ACK to an outgoing packet only once the ACK is due, and makes it due
+        on every second packet received (or 1 ms after the first): with one request in
+        flight each way, every second datagram cost an ACK-only packet, which wakes the
+        peer for nothing. Held back a little, the ACK rides on the next packet to that
+        peer (the answer, usually), still well inside the max_ack_delay qh3 advertises."""
+        core = self._quic._core
+        timer = core.get_timer() if core is not None else None
+        is_ack = timer is not None and timer[0] == "ack_application"
+        at = None if timer is None else timer[1] + ACK_COALESCE if is_ack else timer[1]
+        if self._timer is not None and (at is None or at < self._timer_at):  # type: ignore[operator]
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            if at is not None:
+                self._timer = self._loop.call_at(at, self._handle_timer)
+            self._timer_at = at
+        # A later deadline keeps the armed timer: most packets push the loss-detection
+        # and idle deadlines a little later, and a new timer handle per packet costs
+        # more than a timer that fires early, finds nothing due and re-arms.
+        return is_ack
 
     def _deliver_datagrams(self) -> None:
         quic = self._quic
@@ -364,14 +450,72 @@ class _BatchingServer(QuicServer):
 
     def datagrams_received(self, datagrams: list[bytes], addr: Any) -> None:
         pending: dict[TunnelConnection, list[bytes]] = {}
+        protocols = self._protocols
+        cid_end = 1 + self._configuration.connection_id_length
         self.pending = pending
         try:
             for data in datagrams:
+                # A short-header packet (form bit clear) of a known connection: its
+                # destination connection id follows the first byte. Everything else takes
+                # the library's path (header parse, version checks, new connections).
+                if data and not data[0] & 0x80:
+                    connection = protocols.get(data[1:cid_end])
+                    if connection is not None:
+                        batch = pending.get(connection)  # type: ignore[call-overload]
+                        if batch is None:
+                            pending[connection] = [data]  # type: ignore[index]
+                        else:
+                            batch.append(data)
+                        continue
                 self.datagram_received(data, addr)
         finally:
             self.pending = None
         for connection, batch in pending.items():
             connection.datagrams_received(batch, addr)
+
+
+# quinn-udp receives up to this many messages per recvmmsg (its BATCH_SIZE on Linux).
+_RECV_BATCH = 32
+
+
+class _ShortReadTransport(OptimizedDatagramTransport):
+    """qh3's transport, reading its socket until a receive comes back short instead of
+    until one comes back empty: a recvmmsg that returned fewer messages than it had room
+    for emptied the queue, so the extra call (a syscall per wakeup, one in every two
+    receive calls with one request in flight) would only say so."""
+
+    __slots__ = ()
+
+    def _recv_rust(self, state: Any) -> None:
+        if not self._protocol_supports_batch:
+            super()._recv_rust(state)
+            return
+        batch_received = self._protocol.datagrams_received  # type: ignore[attr-defined]
+        for _ in range(_RECV_BATCH):
+            try:
+                received = state.recv()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._report_error(exc)
+                return
+            # Consecutive datagrams from one address go up as one batch, in order.
+            start = 0
+            for index in range(1, len(received) + 1):
+                if index == len(received) or received[index][1] != received[start][1]:
+                    if self._closing:
+                        return
+                    batch_received([segment for segment, _ in received[start:index]], received[start][1])
+                    start = index
+            if len(received) < _RECV_BATCH:  # GRO segments count too: never short by mistake
+                return
+        if not self._closing and not self._paused and self._reader_registered:
+            self._loop.call_soon(self._on_readable)  # a busy socket: let the loop breathe
+
+
+def _read_until_short(transport: Any) -> None:
+    if type(transport) is OptimizedDatagramTransport:
+        transport.__class__ = _ShortReadTransport  # same slots; only _recv_rust differs
 
 
 async def serve(
@@ -401,12 +545,34 @@ async def serve(
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        enlarge_socket_buffers(sock)
         sock.bind(addr)
     except BaseException:
         sock.close()
         raise
-    await create_optimized_datagram_transport(loop, lambda: server, sock=sock)
+    transport, _ = await create_optimized_datagram_transport(loop, lambda: server, sock=sock)
+    _read_until_short(transport)
     return TunnelServer(server)
+
+
+def enlarge_socket_buffers(sock: socket.socket, size: int = SOCKET_BUFFER_SIZE) -> None:
+    """Ask for ``size``-byte receive and send buffers on ``sock``: beyond net.core.rmem_max
+    / wmem_max when the process may (CAP_NET_ADMIN), else as much as those allow.
+
+    The default (about 200 KiB) overflowed at the edge and connector under a UDP flood of
+    a few tens of thousands of packets per second while the process was busy with the
+    previous batch; with GRO each overflow drops a whole batch of QUIC packets."""
+    for option, forced in ((socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None)),
+                           (socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None))):
+        try:
+            if forced is None:
+                raise PermissionError
+            sock.setsockopt(socket.SOL_SOCKET, forced, size)
+        except PermissionError:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)  # capped by rmem_max / wmem_max
+            except OSError as exc:
+                log.debug("cannot enlarge socket buffer: %s", exc)
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -451,6 +617,7 @@ async def connect(
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        enlarge_socket_buffers(sock)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         if server_name is None and not _is_ip_literal(host):
             server_name = host
@@ -458,6 +625,7 @@ async def connect(
         transport, protocol = await create_optimized_datagram_transport(
             loop, lambda: TunnelConnection(quic), sock=sock
         )
+        _read_until_short(transport)
     except BaseException:
         sock.close()
         raise

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -161,7 +162,7 @@ async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Calla
     try:
         server = await serve_metrics(registry, *args.metrics)
     except OSError as exc:
-        raise ConfigError(f"--metrics {args.metrics[0]}:{args.metrics[1]}: cannot listen: {exc.strerror or exc} "
+        raise ConfigError(f"--metrics {args.metrics[0]}:{args.metrics[1]}: cannot listen: {os.strerror(exc.errno) if exc.errno else exc} "
                           "(another process on that port? choose another)") from None
     log.info("metrics at http://%s:%d/metrics", *args.metrics)
     try:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -340,7 +341,7 @@ def verify_with_bundle(
                 "means the edge's was remade): put the edge's current certificate in the bundle, or trust it by "
                 "--pin with that fingerprint") from None
         top = _top_of_chain(leaf, intermediates)
-        if top.issuer not in {anchor.subject for anchor in anchors}:
+        if not any(_issued_by(top, anchor) for anchor in anchors):
             raise CertificateRejected(
                 f"{_describe(leaf)} is signed by an unknown CA ({top.issuer.rfc4514_string()}) that is not in "
                 f"--ca {cafile}, and is not itself in it: put that CA's certificate (or the edge's certificate "
@@ -360,6 +361,15 @@ def _top_of_chain(leaf: x509.Certificate, intermediates: list[x509.Certificate])
         current = by_subject[current.issuer]
         seen.add(current.subject)
     return current
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s name and key signed ``cert`` (two CAs may share a name)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

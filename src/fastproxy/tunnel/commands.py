@@ -323,6 +323,6 @@ async def _start_metrics(address: tuple[str, int] | None, role: str, **objects: 
         server = await serve_metrics(create_registry(**objects), *address)  # type: ignore[arg-type]
     except OSError as exc:
         raise SystemExit(f"fastproxy {role}: --metrics {address[0]}:{address[1]}: cannot listen: "
-                         f"{exc.strerror or exc} (another process on that port? choose another)") from None
+                         f"{os.strerror(exc.errno) if exc.errno else exc} (another process on that port? choose another)") from None
     log.info("metrics at http://%s:%d/metrics", address[0], server.sockets[0].getsockname()[1])
     return server

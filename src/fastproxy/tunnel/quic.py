@@ -67,6 +67,21 @@ __all__ = [
 
 log = logging.getLogger("fastproxy.tunnel.quic")
 
+
+class _PeerCloseAtDebug(logging.Filter):
+    """qh3 logs every close by the peer as a WARNING ("Native peer close: (...)"); what it
+    means reaches the user through our own handling (the dial error, the reconnect line),
+    so that raw tuple is kept for --verbose only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Native peer close"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("quic").addFilter(_PeerCloseAtDebug())
+
 ALPN = "fastproxy"
 # The largest tunnel datagram is a UDP registration with an IPv6 destination (38 bytes
 # of header) and a bundled 1280-byte payload: 1318 bytes. Leave a little headroom.

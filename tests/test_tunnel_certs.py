@@ -248,7 +248,8 @@ def test_connector_logs_the_certificate_problem_without_stray_futures(tmp_path: 
     connector.wait_for(rf"cannot connect to the edge 127\.0\.0\.1:{port}: the edge's certificate does not match "
                        rf"--pin: expected SHA-256 (cd:){{31}}cd, the edge presented {pair.fingerprint}")
     connector.wait_for("cannot connect", after=len(connector.lines))  # it retried
-    connector.stop()
+    assert connector.stop() == 0
+    assert connector.lines[-1].rstrip().endswith("connector stopping (SIGTERM)")
     for bad in BAD_OUTPUT:
         assert bad not in connector.text, connector.text
 

@@ -137,11 +137,13 @@ def generate_self_signed(
 # -- the edge's identity: given files, or kept in a state directory ------------------------
 
 
-def check_key_pair(cert_file: str, key_file: str) -> str:
+def check_key_pair(cert_file: str, key_file: str, names: tuple[str, str] = ("certificate", "key")) -> str:
     """Check that ``cert_file`` is a PEM certificate and ``key_file`` its unencrypted PEM
     private key (the same public key); return the certificate's pin. Raises
-    CertificateFileError naming the files: a key that does not match would otherwise let
-    the edge start and fail every handshake."""
+    CertificateFileError naming the files (each after its ``names`` entry: the flag or
+    config key it came from): a key that does not match would otherwise let the edge
+    start and fail every handshake."""
+    cert_name, key_name = names
     try:
         with open(cert_file, "rb") as f:
             cert_pem = f.read()
@@ -149,12 +151,12 @@ def check_key_pair(cert_file: str, key_file: str) -> str:
         with open(key_file, "rb") as f:
             key = serialization.load_pem_private_key(f.read(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise CertificateFileError(f"--cert {cert_file} / --key {key_file}: need a PEM certificate and its "
-                                   f"unencrypted PEM key: {exc}") from None
+        raise CertificateFileError(f"{cert_name} {cert_file} / {key_name} {key_file}: need a PEM certificate and "
+                                   f"its unencrypted PEM key: {exc}") from None
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-        raise CertificateFileError(f"--key {key_file} is not the private key of --cert {cert_file} (their public "
-                                   "keys differ): give the key that was made with that certificate")
+        raise CertificateFileError(f"{key_name} {key_file} is not the private key of {cert_name} {cert_file} (their "
+                                   "public keys differ): give the key that was made with that certificate")
     return certificate_fingerprint(cert_pem)
 
 

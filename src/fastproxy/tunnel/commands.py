@@ -233,7 +233,7 @@ def _edge_tokens(args: argparse.Namespace) -> tuple[dict[str, tuple[Network, ...
 
 def _run_edge(args: argparse.Namespace) -> int:
     from ..errors import CertificateFileError
-    from .certs import default_state_dir
+    from .certs import check_key_pair, default_state_dir
     from .edge import DEFAULT_CLIENT_POOLS, Edge, EdgeConfig
 
     _configured(args, "edge")
@@ -255,6 +255,8 @@ def _run_edge(args: argparse.Namespace) -> int:
     # Checked before the loop starts, so a wrong file is one line naming it and the fix,
     # not a traceback from the TLS stack or an edge whose every handshake fails.
     try:
+        if args.cert is not None:  # here first, for messages that name the flags or config keys
+            check_key_pair(args.cert, args.key, (setting_origin(args, "cert"), setting_origin(args, "key")))
         edge = Edge(config, cert_file=args.cert, key_file=args.key, state_dir=state_dir)
     except CertificateFileError as exc:
         raise SystemExit(f"fastproxy edge: {exc}") from None

@@ -490,7 +490,7 @@ def test_settings_errors_name_the_flag_or_the_config_key(tmp_path: Path) -> None
     one, two = generate_self_signed(str(tmp_path / "one")), generate_self_signed(str(tmp_path / "two"))
     cases: list[tuple[list[str], str, str]] = [
         (["edge", "--config", str(config)],
-         f'[edge]\nlisten = "127.0.0.1:0"\nconnector_token = ["k"]\nclient_token = ["c"]\ncert = "{one.cert_file}"\n'
+         f'[edge]\nlisten = "127.0.0.1:0"\nconnector_token = ["{CONNECTOR_TOKEN}"]\nclient_token = ["{CLIENT_TOKEN_CLI}"]\ncert = "{one.cert_file}"\n'
          f'key = "{two.key_file}"\n',
          f"fastproxy edge: {config}: [edge] key {two.key_file} is not the private key of {config}: [edge] cert "
          f"{one.cert_file} (their public keys differ)"),

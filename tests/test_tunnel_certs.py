@@ -135,17 +135,33 @@ def procs() -> Iterator[list[Proc]]:
         proc.stop()
 
 
-def start_edge(procs: list[Proc], port: int, *extra: str) -> Proc:
+def start_edge(procs: list[Proc], port: int, *extra: str, wait: bool = True) -> Proc:
     edge = Proc("edge", "--listen", f"127.0.0.1:{port}", "--client-token", CLIENT_TOKEN_CLI,
                 "--connector-token", CONNECTOR_TOKEN, *extra)
     procs.append(edge)
-    edge.wait_for("edge listening")
+    if wait:
+        edge.wait_for("edge listening")
     return edge
 
 
 def fastproxy(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True, text=True,
                           timeout=timeout, env=ENV)
+
+
+def fastproxy_all(commands: list[list[str]], timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """Run these fastproxy commands at once (the suite stays fast); their results in order."""
+    started = [subprocess.Popen([sys.executable, "-m", "fastproxy", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=ENV) for args in commands]
+    results = []
+    for args, proc in zip(commands, started):
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
 
 
 def assert_one_clean_line(stderr: str) -> str:
@@ -157,9 +173,13 @@ def assert_one_clean_line(stderr: str) -> str:
     return lines[0]
 
 
+def ping_args(port: int, *trust: str) -> list[str]:
+    return ["ping", "--edge", f"127.0.0.1:{port}", "--token", CLIENT_TOKEN_CLI, *trust, "-c", "1", "-W", "5",
+            "127.0.0.1"]
+
+
 def ping_once(port: int, *trust: str) -> subprocess.CompletedProcess[str]:
-    return fastproxy("ping", "--edge", f"127.0.0.1:{port}", "--token", CLIENT_TOKEN_CLI, *trust,
-                     "-c", "1", "-W", "5", "127.0.0.1")
+    return fastproxy(*ping_args(port, *trust))
 
 
 # -- the common self-signed case -----------------------------------------------------------
@@ -215,25 +235,28 @@ def test_certificate_failures_are_one_line_each(tmp_path: Path, procs: list[Proc
          r"the edge's certificate \(CN=edge\) expired on \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(valid from .* to "
          r".* UTC, now .*\): renew it on the edge"),
     ]
-    for index, ((cert, key), trust, message) in enumerate(cases):
+    pings, edges = [], []
+    for index, ((cert, key), trust, _) in enumerate(cases):
         cert_file, key_file = _write_pair(tmp_path, f"edge{index}", cert, key)
-        trust = [cert_file if value == "SELF" else value for value in trust]
         port = free_udp_port()
-        edge = start_edge(procs, port, "--cert", cert_file, "--key", key_file)
-        result = ping_once(port, *trust)
+        edges.append((port, start_edge(procs, port, "--cert", cert_file, "--key", key_file, wait=False)))
+        pings.append(ping_args(port, *[cert_file if value == "SELF" else value for value in trust]))
+    # The chain to a known CA is accepted, of course: past the certificate, the edge refuses the token.
+    cert_file, key_file = _write_pair(tmp_path, "good", *leaf)
+    port = free_udp_port()
+    edges.append((port, start_edge(procs, port, "--cert", cert_file, "--key", key_file, wait=False)))
+    pings.append(["ping", "--edge", f"127.0.0.1:{port}", "--token", "wrong-token-0123456789",
+                  "--ca", str(tmp_path / "ca-cert.pem"), "-c", "1", "127.0.0.1"])
+    for _, edge in edges:
+        edge.wait_for("edge listening")
+    results = fastproxy_all(pings)
+    for (port, _), result, (_, _, message) in zip(edges, results, cases):
         assert result.returncode == 2, result.stdout + result.stderr
         line = assert_one_clean_line(result.stderr)
         assert line.startswith(f"fastproxy ping: edge 127.0.0.1:{port}: the edge's certificate"), line
         assert re.search(message, line), line
-        edge.stop()
-    # The chain to a known CA works, of course.
-    cert_file, key_file = _write_pair(tmp_path, "good", *leaf)
-    port = free_udp_port()
-    start_edge(procs, port, "--cert", cert_file, "--key", key_file)
-    result = fastproxy("ping", "--edge", f"127.0.0.1:{port}", "--token", "wrong-token-0123456789",
-                       "--ca", str(tmp_path / "ca-cert.pem"), "-c", "1", "127.0.0.1")
-    line = assert_one_clean_line(result.stderr)  # past the certificate: the edge itself refuses the token
-    assert "edge refused the connection" in line and "token" in line, line
+    line = assert_one_clean_line(results[-1].stderr)
+    assert "edge refused the connection" in line and "token" in line, (line, edges[-1][1].text)
 
 
 @pytest.mark.privileged
@@ -523,10 +546,16 @@ def test_settings_errors_name_the_flag_or_the_config_key(tmp_path: Path) -> None
         (["ping", "--edge", "127.0.0.1:9", "--token", "t", "--ca", str(config), "127.0.0.1"], "x = 1\n",
          f"fastproxy ping: --ca {config}: holds no PEM certificate"),
     ]
-    for args, text, expected in cases:
+    commands = []
+    for index, (args, text, _) in enumerate(cases):
+        if text:  # each case its own config file, so they can run at once
+            own = tmp_path / f"fastproxy-{index}.toml"
+            own.write_text(text)
+            args = [str(own) if arg == str(config) else arg for arg in args]
+        commands.append(args)
+    for index, ((args, text, expected), result) in enumerate(zip(cases, fastproxy_all(commands))):
         if text:
-            config.write_text(text)
-        result = fastproxy(*args, timeout=30)
+            expected = expected.replace(str(config), str(tmp_path / f"fastproxy-{index}.toml"))
         assert result.returncode in (1, 2), (args, result.stderr)
         line = assert_one_clean_line(result.stderr)
         assert line.startswith(expected), (line, expected)

@@ -244,7 +244,7 @@ def check_pin(leaf_der: bytes, pin: str) -> None:
     if presented != pin:
         raise CertificateRejected(
             f"the edge's certificate does not match --pin: expected SHA-256 {pin}, the edge presented {presented} "
-            "(if the edge has a new key, take the pin from its log line 'certificate SHA-256 pin: ...')")
+            "(if the edge's certificate was replaced, take the new pin from the edge's log)")
 
 
 def _san_names(cert: x509.Certificate) -> list[str]:

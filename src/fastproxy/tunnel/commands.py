@@ -194,6 +194,7 @@ def _serve_forever(main: object, role: str) -> int:
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
         def stopping(sig: signal.Signals) -> None:
             if not stop.is_set():
                 log.info("%s stopping (%s)", role, sig.name)

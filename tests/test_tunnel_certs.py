@@ -561,3 +561,36 @@ def test_settings_errors_name_the_flag_or_the_config_key(tmp_path: Path) -> None
         assert line.startswith(expected), (line, expected)
     result = fastproxy("edge", "--listen", "127.0.0.1:70000")
     assert result.returncode == 2 and "port 70000 is out of range (0-65535)" in result.stderr
+
+
+# -- the bundle check itself (no processes) ---------------------------------------------------------
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def test_bundle_check_names_each_problem(tmp_path: Path) -> None:
+    from fastproxy.tunnel.certs import verify_with_bundle
+
+    ca = _certificate("Site CA", sans=[], ca=True)
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
+    wildcard = _certificate("edge", sans=[x509.DNSName("*.example.net")], issuer=ca)
+    verify_with_bundle(_der(wildcard[0]), [], str(bundle), "gw.example.net")
+    with pytest.raises(CertificateRejected, match=r"not valid for a\.gw\.example\.net, the name dialled: its "
+                       r"subjectAltName holds DNS:\*\.example\.net"):
+        verify_with_bundle(_der(wildcard[0]), [], str(bundle), "a.gw.example.net")
+    early = _certificate("edge", sans=LOOPBACK, days=(2, 30), issuer=ca)
+    with pytest.raises(CertificateRejected, match=r"is not valid yet \(valid from .* UTC, now .*\): check the "
+                       "clocks of this host and of the edge"):
+        verify_with_bundle(_der(early[0]), [], str(bundle), "127.0.0.1")
+    ca_as_leaf = _certificate("edge", sans=LOOPBACK, ca=True, issuer=ca)
+    with pytest.raises(CertificateRejected, match=r"is a CA certificate \(basicConstraints CA:TRUE\) used as the "
+                       r"server's: issue the edge a leaf certificate with CA:FALSE, or put this very certificate"):
+        verify_with_bundle(_der(ca_as_leaf[0]), [], str(bundle), "127.0.0.1")
+    bundle.write_bytes(bundle.read_bytes() + ca_as_leaf[0].public_bytes(serialization.Encoding.PEM))
+    verify_with_bundle(_der(ca_as_leaf[0]), [], str(bundle), "127.0.0.1")  # the very certificate: trusted
+    no_san = _certificate("edge", sans=[], issuer=ca)
+    with pytest.raises(CertificateRejected, match="not valid for ::1, the name dialled: it has no subjectAltName"):
+        verify_with_bundle(_der(no_san[0]), [], str(bundle), "::1")

@@ -11,7 +11,7 @@ venv=${VENV:-.venv}
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 
-# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr, dig, nft).
+# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr, dig, nft, openssl).
 # dig comes from bind9-dnsutils (Debian 11+; `dnsutils` is only its transitional name).
 if [ "$want_test" = 1 ]; then
   missing=()
@@ -21,6 +21,7 @@ if [ "$want_test" = 1 ]; then
   command -v mtr >/dev/null || missing+=(mtr-tiny)
   command -v dig >/dev/null || missing+=(bind9-dnsutils)
   command -v nft >/dev/null || missing+=(nftables)  # tests/test_bench_e2e_smoke.py drops a known share
+  command -v openssl >/dev/null || missing+=(openssl)  # makes certificates as users do
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       say "installing Debian packages: ${missing[*]}"

@@ -22,6 +22,13 @@ def test_help_lists_commands() -> None:
     assert "selfcheck" in result.stdout
 
 
+def test_version_prints_the_package_version() -> None:
+    import fastproxy
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"fastproxy {fastproxy.__version__}"
+
+
 @pytest.mark.privileged
 @pytest.mark.parametrize("twin", ["0", "1"])
 def test_selfcheck_passes_every_step(twin: str) -> None:

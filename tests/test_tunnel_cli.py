@@ -96,7 +96,7 @@ def test_edge_and_connector_processes_with_metrics(tmp_path: Path) -> None:
     edge = subprocess.Popen(
         [sys.executable, "-m", "fastproxy", "edge", "--listen", f"127.0.0.1:{port}",
          "--client-token", "c-secret", "--connector-token", "env:FP_CONNECTOR_TOKEN",
-         "--metrics", f"127.0.0.1:{edge_metrics}"],
+         "--metrics", f"127.0.0.1:{edge_metrics}", "--state-dir", str(tmp_path / "state")],
         stderr=subprocess.PIPE, text=True, env=env,
     )
     connector = None

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from ._impl import COMPILED
-from .errors import EchoIdExhausted, FastproxyError, FlowTableFull, MalformedDatagram, MalformedPacket
+from .errors import (
+    CertificateFileError,
+    CertificateRejected,
+    DialError,
+    EchoIdExhausted,
+    EdgeUnreachable,
+    FastproxyError,
+    FlowTableFull,
+    HandshakeFailed,
+    MalformedDatagram,
+    MalformedPacket,
+)
 
 __version__ = "0.1.0"
 
@@ -50,9 +61,14 @@ __all__ = [
     "UdpDestinationUnreachable",
     "UdpSessionTimeout",
     "UdpPayloadTooLarge",
+    "CertificateFileError",
+    "CertificateRejected",
+    "DialError",
     "EchoIdExhausted",
+    "EdgeUnreachable",
     "FastproxyError",
     "FlowTableFull",
+    "HandshakeFailed",
     "MalformedDatagram",
     "MalformedPacket",
     "__version__",

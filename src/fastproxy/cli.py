@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .client.commands import add_client_commands
 from .tunnel.commands import add_tunnel_commands
 
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastproxy",
         description="ICMP and UDP through a QUIC datagram tunnel into private networks.",
     )
+    parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser(
         "selfcheck",

@@ -51,6 +51,7 @@ __all__ = [
     "host_port_arg",
     "network_arg",
     "parse_host_port",
+    "setting_origin",
 ]
 
 
@@ -61,8 +62,10 @@ class ConfigError(ValueError):
 def parse_host_port(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); ValueError when it is not one."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range (0-65535) in {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
@@ -136,6 +139,7 @@ class Setting:
     many: bool = False
     required: bool = False
     choices: tuple[str, ...] = ()
+    minimum: int | None = None
 
     def convert(self, value: object) -> Any:
         """The file's value as the flag would give it; ValueError says what is wrong."""
@@ -152,7 +156,13 @@ class Setting:
         result = convert(value)
         if self.choices and result not in self.choices:
             raise ValueError(f"expected one of {', '.join(self.choices)}, got {result!r}")
+        self.check_minimum(result)
         return result
+
+    def check_minimum(self, value: Any) -> None:
+        """ValueError when ``value`` is below ``minimum`` (a negative limit, say)."""
+        if self.minimum is not None and value is not None and value < self.minimum:
+            raise ValueError(f"must be {self.minimum} or more, got {value}")
 
 
 @dataclass(frozen=True)
@@ -194,7 +204,9 @@ SCHEMAS: dict[str, Schema] = {
         Setting("client_pool", "cidr", "client address pools (one IPv4, one IPv6)", many=True),
         Setting("client_allow", "cidr", "what clients may reach (default: every announced route)", many=True),
         Setting("max_connections_per_token", "int", "clients one token may have connected at once (0: no limit)",
-                default=64),
+                default=64, minimum=0),
+        Setting("state_dir", "path", "where the edge keeps the certificate it makes (default: /var/lib/fastproxy "
+                "for root, else $XDG_STATE_HOME/fastproxy)"),
         _METRICS,
         *_LOGGING,
     )),
@@ -271,13 +283,22 @@ def apply_config(args: argparse.Namespace, section: str) -> argparse.Namespace:
     path = getattr(args, "config", None)
     from_file = load_config_file(path, schema) if path else {}
     given = {s.key for s in schema.settings if getattr(args, s.key, None) is not None}
+    for key in given:
+        try:
+            schema.by_key[key].check_minimum(getattr(args, key))
+        except ValueError as exc:
+            raise ConfigError(f"{_flag(key)} {exc}") from None
     for group in schema.exactly_one_of:
         if given.intersection(group):  # a flag replaces the file's whole choice
             for key in group:
                 from_file.pop(key, None)
+    origins: dict[str, str] = {}
     for setting in schema.settings:
         if setting.key not in given:
             setattr(args, setting.key, from_file.get(setting.key, setting.default))
+            if setting.key in from_file:
+                origins[setting.key] = f"{path}: [{section}] {setting.key}"
+    args.config_origins = origins
     where = f" or set it in [{section}] of {path}" if path else " (or --config FILE)"
     for setting in schema.settings:
         if setting.required and getattr(args, setting.key) in (None, []):
@@ -289,3 +310,9 @@ def apply_config(args: argparse.Namespace, section: str) -> argparse.Namespace:
             problem = "none is given" if not given else "got " + " and ".join(_flag(k) for k in given)
             raise ConfigError(f"exactly one of {options} is needed ({problem}){where if not given else ''}")
     return args
+
+
+def setting_origin(args: argparse.Namespace, key: str) -> str:
+    """Where the value of ``key`` came from, for error messages: ``FILE: [table] key`` when
+    apply_config took it from the config file, else the flag (``--key-name``)."""
+    return getattr(args, "config_origins", {}).get(key) or _flag(key)

@@ -60,3 +60,33 @@ class EchoIdExhausted(FastproxyError):
             f"all 65536 echo identifiers towards {destination} are in use; "
             "wait for flows to expire or lower the idle timeout"
         )
+
+
+class DialError(FastproxyError, ConnectionError):
+    """A connection to the edge could not be made; the message names the cause and the fix.
+
+    Subclasses say which kind: :class:`EdgeUnreachable`, :class:`CertificateRejected`,
+    :class:`HandshakeFailed`, and ``fastproxy.tunnel.dial.TunnelRejected`` (the edge itself
+    refused, with its reason)."""
+
+
+class EdgeUnreachable(DialError, TimeoutError):
+    """Nothing answered the QUIC handshake (edge down, wrong address or port, UDP blocked)."""
+
+
+class HandshakeFailed(DialError):
+    """The QUIC/TLS handshake failed for a reason other than the edge's certificate
+    (ALPN mismatch, a TLS alert from the peer...). ``code`` is the QUIC error code."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class CertificateRejected(DialError):
+    """The edge's certificate failed our check (pin, CA bundle, name, validity period)."""
+
+
+class CertificateFileError(FastproxyError, ValueError):
+    """A certificate or key file the edge was given (or keeps in its state directory)
+    cannot be used; the message names the file and what to do."""

@@ -8,13 +8,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from ..config import ConfigError, add_config_argument, apply_config, host_port_arg
+from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, setting_origin
 from ..logs import add_logging_arguments, configure_logging, format_address
 
 __all__ = ["add_client_commands"]
@@ -220,11 +221,10 @@ def _settings(args: argparse.Namespace) -> argparse.Namespace:
 async def _connect(args: argparse.Namespace, **options: Any) -> AsyncIterator[Any]:
     """A connected fastproxy.Client for these settings."""
     from ..tunnel.client import Client
-    from ..tunnel.commands import resolve_tokens
-    from ..tunnel.quic import Trust
+    from ..tunnel.commands import resolve_tokens, trust_from_args
 
-    (token,) = resolve_tokens([args.token])
-    trust = Trust(pin=args.pin) if args.pin else Trust(cafile=args.ca) if args.ca else Trust(insecure=True)
+    (token,) = resolve_tokens([args.token], setting_origin(args, "token"))
+    trust = trust_from_args(args)
     async with Client(args.edge, token, trust, **options) as client:
         yield client
 
@@ -267,12 +267,19 @@ async def _metrics(args: argparse.Namespace, client: Any) -> AsyncIterator[Calla
 
     registry = create_registry(clients=[client])
     rtt = ClientMetrics(registry)
-    server = await serve_metrics(registry, *args.metrics)
+    try:
+        server = await serve_metrics(registry, *args.metrics)
+    except OSError as exc:
+        raise ConfigError(f"--metrics {args.metrics[0]}:{args.metrics[1]}: cannot listen: {os.strerror(exc.errno) if exc.errno else exc} "
+                          "(another process on that port? choose another)") from None
     log.info("metrics at http://%s/metrics", format_address(args.metrics))
     try:
         yield rtt.observe_rtt
     finally:
         server.close()
+
+
+_LONG_RUNNING = ("client", "forward-udp")
 
 
 def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int]],
@@ -283,9 +290,16 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stopping(sig: signal.Signals) -> None:
+            # The long-running ones say why they end; ping and traceroute print their summary.
+            if args.command in _LONG_RUNNING and not stop.is_set():
+                log.info("%s stopping (%s)", args.command, sig.name)
+            stop.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, stopping, sig)
         if on_hangup is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
                 loop.add_signal_handler(signal.SIGHUP, on_hangup)
@@ -302,6 +316,9 @@ def _run(args: argparse.Namespace, main: Callable[[asyncio.Event], Awaitable[int
         pass
     try:
         return asyncio.run(runner())
+    except ConfigError as exc:  # a setting, not the edge: name the flag or config key
+        print(f"fastproxy {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (ConnectionError, asyncio.TimeoutError, OSError, ValueError) as exc:
         edge = f" {args.edge[0]}:{args.edge[1]}" if getattr(args, "edge", None) else ""
         print(f"fastproxy {args.command}: edge{edge}: {exc or type(exc).__name__}", file=sys.stderr)

@@ -51,11 +51,11 @@ from ..datagram import (
     encode_udp_payload,
     encode_udp_registration,
 )
-from ..errors import FastproxyError, MalformedDatagram
+from ..errors import EdgeUnreachable, FastproxyError, MalformedDatagram
 from ..logs import format_address
 from . import quic
 from .control import ROLE_CLIENT, ControlMessage, Error, Network, RouteUpdate
-from .dial import Backoff, TunnelRejected, dial
+from .dial import Backoff, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT
 
 __all__ = [
@@ -252,8 +252,9 @@ class Client:
     client may reach now), ``control_version`` (the control protocol the edge speaks; 1:
     no route updates), ``connected`` (an asyncio.Event), ``stats`` and ``drops`` (Counters).
     Entering the context raises :class:`~fastproxy.tunnel.dial.TunnelRejected` when the
-    edge refuses the first connection (bad token) and ConnectionError / TimeoutError when
-    it cannot be reached.
+    edge refuses the first connection (bad token), and the other
+    :class:`~fastproxy.errors.DialError` subclasses when it cannot be reached or its
+    certificate is refused (each a ConnectionError with a one-line message).
     """
 
     def __init__(
@@ -483,7 +484,8 @@ class Client:
                 except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                     self.last_error = exc
                     self.stats["connect_failures"] += 1
-                    level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
+                    # Refusals and certificate problems need someone to act; an edge down may come back.
+                    level = logging.WARNING if isinstance(exc, EdgeUnreachable) else logging.ERROR
                     log.log(level, "cannot reconnect to the edge %s: %s",
                             format_address((self.edge_host, self.edge_port)), exc)
                     continue

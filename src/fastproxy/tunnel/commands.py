@@ -26,44 +26,75 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, network_arg
+from ..config import ConfigError, add_config_argument, apply_config, host_port_arg, network_arg, setting_origin
 from ..logs import add_logging_arguments, configure_logging, format_address
 from .edge import Network
 
-__all__ = ["add_tunnel_commands", "client_policies", "resolve_tokens"]
+__all__ = ["add_tunnel_commands", "client_policies", "resolve_tokens", "trust_from_args"]
 
 log = logging.getLogger("fastproxy")
 
 
-def resolve_tokens(values: list[str]) -> list[str]:
-    """Expand ``env:NAME`` and ``@PATH`` token arguments (ValueError if one is empty or missing)."""
+def resolve_tokens(values: list[str], origin: str = "token") -> list[str]:
+    """Expand ``env:NAME`` and ``@PATH`` token arguments. ConfigError (a ValueError) if one
+    is empty, unset or unreadable, naming ``origin``: the flag or the config file's key."""
     tokens: list[str] = []
     for value in values:
         if value.startswith("env:"):
             token = os.environ.get(value[4:], "")
             if not token:
-                raise ValueError(f"environment variable {value[4:]} is not set or empty")
+                raise ConfigError(f"{origin} {value}: environment variable {value[4:]} is not set or empty")
             tokens.append(token)
         elif value.startswith("@"):
-            with open(value[1:], encoding="utf-8") as f:
-                found = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            try:
+                with open(value[1:], encoding="utf-8") as f:
+                    found = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{origin} {value}: cannot read the token file: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
             if not found:
-                raise ValueError(f"no token in {value[1:]}")
+                raise ConfigError(f"{origin} {value}: no token in {value[1:]}")
             tokens.extend(found)
         elif value:
             tokens.append(value)
         else:
-            raise ValueError("empty token")
+            raise ConfigError(f"{origin}: empty token")
     return tokens
 
 
-def client_policies(tokens: list[str], policies: list[str], *,
-                    role: str = "client") -> dict[str, tuple[Network, ...] | None]:
+def trust_from_args(args: argparse.Namespace) -> Any:
+    """The quic.Trust that ``--pin`` / ``--ca`` / ``--insecure`` (or their config keys)
+    ask for; ConfigError naming the flag or key when the pin is malformed or the CA bundle
+    cannot be read or holds no PEM certificate."""
+    from .certs import load_ca_bundle
+    from .quic import Trust
+
+    if args.pin:
+        try:
+            return Trust(pin=args.pin)
+        except ValueError as exc:
+            raise ConfigError(f"{setting_origin(args, 'pin')}: {exc}") from None
+    if args.ca:
+        try:
+            load_ca_bundle(args.ca)
+        except ValueError as exc:
+            raise ConfigError(f"{setting_origin(args, 'ca')} {args.ca}: {exc}") from None
+        return Trust(cafile=args.ca)
+    return Trust(insecure=True)
+
+
+def client_policies(
+    tokens: list[str], policies: list[str], token_origin: str | None = None, policy_origin: str | None = None,
+    *, role: str = "client",
+) -> dict[str, tuple[Network, ...] | None]:
     """The edge's token table for ``role`` (``client`` or ``connector``): each
     ``--client-token`` (None: it reaches ``client_allow``; for connectors: it announces
     anything) and each ``--client-policy TOKEN=CIDR[,CIDR...]`` (only those prefixes; for
-    connectors, ``--connector-policy``). ValueError says what is wrong."""
-    table: dict[str, tuple[Network, ...] | None] = {token: None for token in resolve_tokens(tokens)}
+    connectors, ``--connector-policy``). ValueError says what is wrong, naming the flag or
+    config key (``*_origin``; default: the role's flags)."""
+    token_origin = token_origin or f"--{role}-token"
+    policy_origin = policy_origin or f"--{role}-policy"
+    table: dict[str, tuple[Network, ...] | None] = {token: None for token in resolve_tokens(tokens, token_origin)}
     for policy in policies:
         reference, sep, cidrs = policy.rpartition("=")
         if not sep or not reference or not cidrs:
@@ -72,7 +103,7 @@ def client_policies(tokens: list[str], policies: list[str], *,
             networks = tuple(ipaddress.ip_network(c.strip(), strict=True) for c in cidrs.split(","))
         except ValueError as exc:
             raise ValueError(f"{role} policy {reference}=...: {exc}") from None
-        for token in resolve_tokens([reference]):
+        for token in resolve_tokens([reference], policy_origin):
             if token in table:
                 raise ValueError(f"{role} policy {reference}: the token is given twice")
             table[token] = networks
@@ -111,6 +142,10 @@ def add_tunnel_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     edge.add_argument("--listen", type=host_port_arg, metavar="HOST:PORT", help="UDP address to listen on")
     edge.add_argument("--cert", metavar="FILE", help="PEM certificate (with --key)")
     edge.add_argument("--key", metavar="FILE", help="PEM private key (with --cert)")
+    edge.add_argument("--state-dir", metavar="DIR",
+                      help="without --cert/--key: keep the self-signed certificate the edge makes here, so its "
+                      "pin survives restarts (default /var/lib/fastproxy for root, else "
+                      "$XDG_STATE_HOME/fastproxy or ~/.local/state/fastproxy)")
     edge.add_argument("--connector-token", action="append", metavar="TOKEN",
                       help=f"a token connectors may present; repeatable {token_help}")
     edge.add_argument("--client-token", action="append", metavar="TOKEN",
@@ -187,7 +222,7 @@ def _needs_restart(old: argparse.Namespace, new: argparse.Namespace, keys: tuple
             log.warning("SIGHUP: %s changed, which needs a restart; the running value stays", key)
 
 
-def _serve_forever(main: object, on_hangup: Callable[[], None] | None = None) -> int:
+def _serve_forever(main: object, role: str, on_hangup: Callable[[], None] | None = None) -> int:
     try:
         import uvloop
 
@@ -198,7 +233,14 @@ def _serve_forever(main: object, on_hangup: Callable[[], None] | None = None) ->
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        handlers: list[tuple[Any, Callable[[], None]]] = [(signal.SIGINT, stop.set), (signal.SIGTERM, stop.set)]
+
+        def stopping(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                log.info("%s stopping (%s)", role, sig.name)
+            stop.set()
+
+        handlers: list[tuple[Any, Callable[[], None]]] = [
+            (signal.SIGINT, lambda: stopping(signal.SIGINT)), (signal.SIGTERM, lambda: stopping(signal.SIGTERM))]
         if on_hangup is not None and hasattr(signal, "SIGHUP"):
             handlers.append((signal.SIGHUP, on_hangup))
         for sig, handler in handlers:
@@ -212,11 +254,13 @@ def _serve_forever(main: object, on_hangup: Callable[[], None] | None = None) ->
     return 0
 
 
-def _run_edge(args: argparse.Namespace) -> int:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+# Tokens are secrets compared as given: shorter than this is guessable (`openssl rand -hex 16`).
+MIN_TOKEN_BYTES = 16
 
-    from .certs import certificate_fingerprint, generate_self_signed
+
+def _run_edge(args: argparse.Namespace) -> int:
+    from ..errors import CertificateFileError
+    from .certs import check_key_pair, default_state_dir
     from .edge import Edge
 
     command_line = _configured(args, "edge")
@@ -224,26 +268,23 @@ def _run_edge(args: argparse.Namespace) -> int:
         raise SystemExit("fastproxy edge: --cert and --key go together")
     try:
         config = _edge_config(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
         raise SystemExit(f"fastproxy edge: {exc}") from None
-    if args.cert is None:
-        pair = generate_self_signed()
-        cert_file, key_file, fingerprint = pair.cert_file, pair.key_file, pair.fingerprint
-        log.info("generated a self-signed certificate; connectors and clients pin it with --pin %s", fingerprint)
+    state_dir = None if args.cert is not None else (args.state_dir or default_state_dir())
+    # Checked before the loop starts, so a wrong file is one line naming it and the fix,
+    # not a traceback from the TLS stack or an edge whose every handshake fails.
+    try:
+        if args.cert is not None:  # here first, for messages that name the flags or config keys
+            check_key_pair(args.cert, args.key, (setting_origin(args, "cert"), setting_origin(args, "key")))
+        edge = Edge(config, cert_file=args.cert, key_file=args.key, state_dir=state_dir)
+    except CertificateFileError as exc:
+        raise SystemExit(f"fastproxy edge: {exc}") from None
+    if state_dir is None:
+        log.info("certificate SHA-256 pin: %s", edge.fingerprint)
     else:
-        cert_file, key_file = args.cert, args.key
-        # Checked here, so a wrong file is one line naming it, not a traceback from the TLS stack.
-        try:
-            with open(cert_file, "rb") as f:
-                cert_pem = f.read()
-            x509.load_pem_x509_certificate(cert_pem)
-            with open(key_file, "rb") as f:
-                serialization.load_pem_private_key(f.read(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
-            raise SystemExit(f"fastproxy edge: --cert {cert_file} / --key {key_file}: "
-                             f"need a PEM certificate and its unencrypted PEM key: {exc}") from None
-        log.info("certificate SHA-256 pin: %s", certificate_fingerprint(cert_pem))
-    edge = Edge(config, cert_file=cert_file, key_file=key_file)
+        made = "made a new" if edge.identity_created else "reusing the"
+        log.info("%s self-signed certificate kept in %s; connectors and clients pin it with --pin %s",
+                 made, state_dir, edge.fingerprint)
     running = args
 
     def reload() -> None:
@@ -268,23 +309,41 @@ def _run_edge(args: argparse.Namespace) -> int:
             await edge.start(*args.listen)
         except OSError as exc:
             raise SystemExit(f"fastproxy edge: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}") from None
+        try:
+            metrics = await _start_metrics(args.metrics, "edge", edge=edge)
+        except BaseException:
+            edge.close()
+            raise
         log.info("edge listening on %s", format_address((args.listen[0], edge.port)))
-        metrics = await _start_metrics(args.metrics, edge=edge)
         await stop.wait()
         if metrics is not None:
             metrics.close()
         edge.close()
 
-    return _serve_forever(main, reload)
+    return _serve_forever(main, "edge", reload)
 
 
 def _edge_config(args: argparse.Namespace) -> Any:
-    """The EdgeConfig of these (merged) settings; ValueError / OSError say what is wrong."""
+    """The EdgeConfig of these (merged) settings, checked: one token for both roles is
+    refused (a connector token would let a client announce routes, and back), short
+    tokens are warned about. ValueError (ConfigError naming the flag or config key) /
+    OSError say what is wrong."""
     from .edge import DEFAULT_CLIENT_POOLS, EdgeConfig
 
-    connectors = client_policies(args.connector_token or [], args.connector_policy or [], role="connector")
+    clients = client_policies(args.client_token or [], args.client_policy or [],
+                              setting_origin(args, "client_token"), setting_origin(args, "client_policy"))
+    connectors = client_policies(args.connector_token or [], args.connector_policy or [],
+                                 setting_origin(args, "connector_token"), setting_origin(args, "connector_policy"),
+                                 role="connector")
+    if set(clients).intersection(connectors):
+        raise ConfigError("the same token is given for connectors (connector_token / connector_policy) and clients "
+                          "(client_token / client_policy): give each role its own")
+    short = [t for t in (*clients, *connectors) if len(t.encode()) < MIN_TOKEN_BYTES]
+    if short:
+        log.warning("%d token(s) shorter than %d bytes: easy to guess; make tokens with `openssl rand -hex 16`",
+                    len(short), MIN_TOKEN_BYTES)
     return EdgeConfig(
-        client_tokens=client_policies(args.client_token or [], args.client_policy or []),
+        client_tokens=clients,
         connector_tokens=tuple(token for token, allowed in connectors.items() if allowed is None),
         connector_policies={token: allowed for token, allowed in connectors.items() if allowed is not None},
         client_pools=tuple(str(n) for n in args.client_pool or ()) or DEFAULT_CLIENT_POOLS,
@@ -323,19 +382,13 @@ def _edge_changes(old: Any, new: Any) -> list[str]:
 
 def _run_connector(args: argparse.Namespace) -> int:
     from .connector import Connector
-    from .quic import Trust
 
     command_line = _configured(args, "connector")
     try:
-        (token,) = resolve_tokens([args.token])
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"fastproxy connector: {exc}") from None
-    try:
-        trust = Trust(pin=args.pin) if args.pin else Trust(cafile=args.ca) if args.ca else Trust(insecure=True)
+        (token,) = resolve_tokens([args.token], setting_origin(args, "token"))
+        trust = trust_from_args(args)
     except ValueError as exc:
-        raise SystemExit(f"fastproxy connector: --pin: {exc}") from None
-    if args.ca is not None and not os.access(args.ca, os.R_OK):
-        raise SystemExit(f"fastproxy connector: --ca {args.ca}: cannot read the CA bundle")
+        raise SystemExit(f"fastproxy connector: {exc}") from None
     from ..icmp import BackendUnavailable
 
     try:
@@ -369,21 +422,26 @@ def _run_connector(args: argparse.Namespace) -> int:
                  "; ".join(changes) or "nothing changed")
 
     async def main(stop: asyncio.Event) -> None:
+        metrics = await _start_metrics(args.metrics, "connector", connector=connector)
         await connector.start()
-        metrics = await _start_metrics(args.metrics, connector=connector)
         await stop.wait()
         if metrics is not None:
             metrics.close()
         await connector.close()
 
-    return _serve_forever(main, reload)
+    return _serve_forever(main, "connector", reload)
 
 
-async def _start_metrics(address: tuple[str, int] | None, **objects: object) -> asyncio.Server | None:
+async def _start_metrics(address: tuple[str, int] | None, role: str, **objects: object) -> asyncio.Server | None:
+    """The metrics endpoint, or exit with one line when its port cannot be had."""
     if address is None:
         return None
     from ..metrics import create_registry, serve_metrics
 
-    server = await serve_metrics(create_registry(**objects), *address)  # type: ignore[arg-type]
+    try:
+        server = await serve_metrics(create_registry(**objects), *address)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise SystemExit(f"fastproxy {role}: --metrics {address[0]}:{address[1]}: cannot listen: "
+                         f"{os.strerror(exc.errno) if exc.errno else exc} (another process on that port? choose another)") from None
     log.info("metrics at http://%s/metrics", format_address((address[0], server.sockets[0].getsockname()[1])))
     return server

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..datagram import DATAGRAM_ICMP, UdpPayload, UdpRegistration, decode_datagram, encode_icmp
-from ..errors import MalformedDatagram
+from ..errors import EdgeUnreachable, MalformedDatagram
 from ..logs import format_address
 from . import quic
 from .control import (
@@ -47,7 +47,7 @@ from .control import (
     Welcome,
     encode_message,
 )
-from .dial import Backoff, TunnelRejected, dial
+from .dial import Backoff, dial
 from .udp_sessions import DEFAULT_IDLE_TIMEOUT, UdpSessionTable
 
 __all__ = ["Connector", "IcmpHandler", "IcmpHandlerFactory", "IcmpSink"]
@@ -209,7 +209,8 @@ class Connector:
             except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
                 self.last_error = exc
                 self.stats["connect_failures"] += 1
-                level = logging.ERROR if isinstance(exc, TunnelRejected) else logging.WARNING
+                # Refusals and certificate problems need someone to act; an edge down may come back.
+                level = logging.WARNING if isinstance(exc, EdgeUnreachable) else logging.ERROR
                 log.log(level, "cannot connect to the edge %s: %s", format_address((self.edge_host, self.edge_port)), exc)
             self._drop_connection()
             await asyncio.sleep(backoff.next_delay())

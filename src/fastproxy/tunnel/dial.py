@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-from ..errors import FastproxyError
+from ..errors import DialError, EdgeUnreachable
 from . import quic
 from .control import (
     PROTOCOL_VERSION,
@@ -66,9 +66,10 @@ class Backoff:
         return random.uniform(0, bound)
 
 
-class TunnelRejected(FastproxyError, ConnectionError):
+class TunnelRejected(DialError):
     """The edge refused the connection (``code`` is a control ERROR_* code, or the QUIC
-    close code; ``reason`` is the edge's text)."""
+    close code; ``reason`` is the edge's text). Other dial failures are the other
+    DialError subclasses (fastproxy.errors)."""
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
@@ -90,9 +91,10 @@ async def dial(
     version: int = PROTOCOL_VERSION,
 ) -> tuple[quic.TunnelConnection, Welcome]:
     """Connect to the edge as ``role`` and wait for its welcome. Raises TunnelRejected if
-    the edge refuses, ConnectionError if the handshake fails (wrong pin...), TimeoutError.
-    Control messages after the welcome (ClientGone for connectors, RouteUpdate for
-    clients...) go to ``on_message``. ``version``: the control protocol to offer; an edge
+    the edge refuses, and the other DialError subclasses (EdgeUnreachable -- also a
+    TimeoutError --, CertificateRejected, HandshakeFailed) with a one-line message naming
+    the cause. Control messages after the welcome (ClientGone for connectors, RouteUpdate
+    for clients...) go to ``on_message``. ``version``: the control protocol to offer; an edge
     that refuses it as too new is dialled again with version 1."""
     try:
         return await _dial_once(host, port, trust, role, token, prefixes, on_datagrams, on_message, timeout, version)
@@ -132,19 +134,28 @@ async def _dial_once(
                 answer.set_exception(TunnelRejected(message.code, message.reason))
 
     def on_closed(connection: quic.TunnelConnection, code: int, reason: str) -> None:
-        if not answer.done():
-            answer.set_exception(TunnelRejected(code, reason or "connection closed"))
+        if answer.done():
+            return
+        if "idle timeout" in reason.lower():
+            answer.set_exception(EdgeUnreachable("the edge stopped answering before its welcome"))
+        else:
+            answer.set_exception(TunnelRejected(code, reason or "connection closed without a reason"))
 
+    # on_closed is set only once the handshake is through: a handshake failure is raised by
+    # connect itself, and must not also fail ``answer``, which nobody would then await.
     connection = await quic.connect(
-        host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, on_closed=on_closed,
-        timeout=timeout,
+        host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, timeout=timeout,
     )
+    connection.on_closed = on_closed
     message = encode_message(Hello(role, token, version))
     if role == ROLE_CONNECTOR:
         message += encode_message(Announce(tuple(prefixes)), version)
     connection.send_control(message)
     try:
         welcome = await asyncio.wait_for(answer, timeout)
+    except asyncio.TimeoutError:
+        connection.close(0, "no welcome")
+        raise EdgeUnreachable(f"the edge sent no welcome within {timeout:g} s of the handshake") from None
     except BaseException:
         connection.close(0, "no welcome")
         raise

@@ -14,7 +14,7 @@ from collections import Counter
 
 from ..logs import format_address
 from . import quic
-from .certs import certificate_fingerprint, generate_self_signed
+from .certs import check_key_pair, generate_self_signed, load_or_create_identity
 from .control import (
     ERROR_AUTHENTICATION_FAILED,
     ERROR_PROTOCOL,
@@ -51,7 +51,10 @@ class Edge:
 
     or call ``await edge.start(host, port)`` and ``edge.close()``. Without ``cert_file`` /
     ``key_file`` a self-signed certificate is made; clients and connectors pin
-    ``edge.fingerprint``. ``edge.router`` is the routing core with every counter;
+    ``edge.fingerprint``. It is kept in ``state_dir`` when one is given (reused on the next
+    start, so the pin stays; ``identity_created`` says whether it was made now), else it
+    lives only as long as the process. A certificate and key that do not belong together,
+    or an unusable state directory, raise CertificateFileError. ``edge.router`` is the routing core with every counter;
     ``edge.stats`` counts connections (``connections_total_<role>``,
     ``connections_rejected``, ``connections_revoked``) and ``route_updates_sent``.
     ``reconfigure(config)`` applies a reloaded configuration without dropping connections.
@@ -64,15 +67,20 @@ class Edge:
         cert_file: str | None = None,
         key_file: str | None = None,
         listen: tuple[str, int] = ("127.0.0.1", 0),
+        state_dir: str | None = None,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise ValueError("cert_file and key_file go together")
+        self.identity_created = False
         if cert_file is None:
-            pair = generate_self_signed()
+            if state_dir is not None:
+                pair, self.identity_created = load_or_create_identity(state_dir)
+            else:
+                pair = generate_self_signed()
             cert_file, key_file, self.fingerprint = pair.cert_file, pair.key_file, pair.fingerprint
         else:
-            with open(cert_file, "rb") as f:
-                self.fingerprint = certificate_fingerprint(f.read())
+            assert key_file is not None
+            self.fingerprint = check_key_pair(cert_file, key_file)
         self.router = EdgeRouter(config)
         self.listen = listen
         self.stats: Counter[str] = Counter()

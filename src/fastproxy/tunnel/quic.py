@@ -45,8 +45,9 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
 from qh3.quic.packet import QuicErrorCode
 
+from ..errors import CertificateRejected, EdgeUnreachable, HandshakeFailed
 from ..logs import format_address
-from .certs import normalize_pin
+from .certs import check_pin, normalize_pin, verify_with_bundle
 
 __all__ = [
     "ALPN",
@@ -228,6 +229,9 @@ class TunnelConnection(QuicConnectionProtocol):
         self.datagrams_dropped_closed = 0
         self._terminated = False
         self._server: _BatchingServer | None = None
+        # Dialling side, until the handshake ends: None when it completed, else the
+        # (code, reason) of the close, or the OSError the socket reported.
+        self._handshake: asyncio.Future[tuple[int, str] | OSError | None] | None = None
 
     # -- sending ---------------------------------------------------------------
 
@@ -315,6 +319,13 @@ class TunnelConnection(QuicConnectionProtocol):
         else:
             quic.receive_many_datagrams(data, addr, now=self._loop_time())
         self._after_receive()
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for our socket (port unreachable: nothing listens there). Only a
+        # handshake in progress acts on it: later, QUIC's own timers decide (RFC 9000 14.2).
+        handshake = self._handshake
+        if handshake is not None and not handshake.done() and isinstance(exc, OSError):
+            handshake.set_result(exc)
 
     def _handle_timer(self) -> None:
         super()._handle_timer()
@@ -404,6 +415,12 @@ class TunnelConnection(QuicConnectionProtocol):
                 handler(self, batch)
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        handshake = self._handshake
+        if handshake is not None and not handshake.done():
+            if isinstance(event, events.HandshakeCompleted):
+                handshake.set_result(None)
+            elif isinstance(event, events.ConnectionTerminated):
+                handshake.set_result((event.error_code, event.reason_phrase))
         if isinstance(event, events.StreamDataReceived):
             if event.stream_id == CONTROL_STREAM_ID:
                 if event.data and self.on_control is not None:
@@ -584,19 +601,53 @@ def _is_ip_literal(host: str) -> bool:
 
 
 def client_configuration(trust: Trust, server_name: str | None = None) -> QuicConfiguration:
-    """The QUIC client configuration for ``trust``."""
+    """The QUIC client configuration for ``trust``. The library checks no certificate:
+    :func:`connect` checks the edge's (pin or CA bundle, see fastproxy.tunnel.certs) once
+    the handshake is done and before anything is sent on the connection."""
     configuration = _base_configuration(is_client=True)
     configuration.server_name = server_name
-    if trust.insecure:
-        configuration.verify_mode = ssl.CERT_NONE
-    elif trust.pin is not None:
-        # The pin replaces chain and name checks: a self-signed edge has no CA.
-        configuration.verify_mode = ssl.CERT_NONE
-        configuration.assert_fingerprint = trust.pin
-    else:
-        configuration.verify_mode = ssl.CERT_REQUIRED
-        configuration.load_verify_locations(cafile=trust.cafile)
+    configuration.verify_mode = ssl.CERT_NONE
     return configuration
+
+
+def check_edge_certificate(quic: QuicConnection, trust: Trust, host: str) -> None:
+    """Check the certificate the edge presented on ``quic`` (handshake completed) against
+    ``trust`` for the dialled ``host``; CertificateRejected says what is wrong."""
+    if trust.insecure:
+        return
+    certificate = quic.get_peercert()
+    if certificate is None:
+        raise CertificateRejected("the edge presented no certificate")
+    leaf = certificate.public_bytes()
+    if trust.pin is not None:
+        # The pin replaces chain, name and date checks: a self-signed edge has no CA.
+        check_pin(leaf, trust.pin)
+    else:
+        assert trust.cafile is not None
+        verify_with_bundle(leaf, [c.public_bytes() for c in quic.get_issuercerts()], trust.cafile, host)
+
+
+# TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100 + alert (RFC 9001 4.8).
+_CRYPTO_ERROR_BASE = 0x100
+_ALERT_NO_APPLICATION_PROTOCOL = 120
+
+
+def _handshake_error(outcome: tuple[int, str] | OSError, waited: float) -> Exception:
+    """The one-line exception for a handshake that ended without completing. Messages do
+    not repeat the edge's address: callers put it in front ("edge HOST:PORT: ...")."""
+    if isinstance(outcome, ConnectionRefusedError):
+        return EdgeUnreachable("unreachable: nothing listens on that UDP port (ICMP port unreachable); is the "
+                               "edge running, and is HOST:PORT right?")
+    if isinstance(outcome, OSError):
+        return EdgeUnreachable(f"unreachable: {outcome.strerror or outcome}")
+    code, reason = outcome
+    if "idle timeout" in reason.lower() or (code == 0 and not reason):
+        return EdgeUnreachable(f"no answer within {waited:.0f} s: is the edge running, is HOST:PORT right, and "
+                               "may UDP pass (firewall)?")
+    if code == _CRYPTO_ERROR_BASE + _ALERT_NO_APPLICATION_PROTOCOL or "alpn" in reason.lower():
+        return HandshakeFailed(f"not a fastproxy edge: it refused the TLS ALPN protocol {ALPN!r} "
+                               f"({reason or 'no reason given'}); is HOST:PORT right?", code)
+    return HandshakeFailed(f"the QUIC handshake failed: {reason or 'no reason given'} (QUIC error 0x{code:x})", code)
 
 
 async def connect(
@@ -610,8 +661,12 @@ async def connect(
     server_name: str | None = None,
     timeout: float = 10.0,
 ) -> TunnelConnection:
-    """Open a tunnel connection and wait for its handshake (ConnectionError on failure,
-    e.g. a certificate that does not match the pin; TimeoutError after ``timeout``)."""
+    """Open a tunnel connection, wait for its handshake and check the edge's certificate.
+
+    Raises (each a ConnectionError, with a one-line message naming the cause):
+    EdgeUnreachable (no answer within the idle timeout or ``timeout``, or an ICMP error;
+    also a TimeoutError), CertificateRejected (pin, CA bundle, name or dates), and
+    HandshakeFailed (ALPN mismatch, a TLS alert...)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     family, _, _, _, addr = infos[0]
@@ -641,14 +696,31 @@ async def connect(
         await original_closed.wait()
         transport.close()
 
-    connection._transport_closer = loop.create_task(close_transport_when_done())  # type: ignore[attr-defined]
+    closer = loop.create_task(close_transport_when_done())
+    connection._transport_closer = closer  # type: ignore[attr-defined]
+    # Our own handshake future, resolved (never failed) by the protocol: qh3's
+    # wait_connected() future would be failed with a bare ConnectionError after a timeout
+    # or a refusal with nobody left to retrieve it ("Future exception was never retrieved").
+    handshake = connection._handshake = loop.create_future()
+    started = loop.time()
     try:
         connection.connect(addr)
-        await asyncio.wait_for(connection.wait_connected(), timeout)
-    except BaseException:
-        connection.close(0, "handshake failed")
+        try:
+            outcome = await asyncio.wait_for(handshake, timeout)
+        except asyncio.TimeoutError:
+            outcome = (0, "")
+        if outcome is not None:
+            raise _handshake_error(outcome, loop.time() - started)
+        check_edge_certificate(quic, trust, server_name or host)
+    except BaseException as exc:
+        connection._handshake = None
+        reason = "certificate rejected" if isinstance(exc, CertificateRejected) else "handshake failed"
+        if not connection.is_closed:
+            connection.close(0, reason)
         transport.close()
+        closer.cancel()
         raise
+    connection._handshake = None
     # Open the control stream now so its id is fixed (stream 0) before any message.
     stream_id = quic._open_stream()
     assert stream_id == CONTROL_STREAM_ID, stream_id

@@ -2,11 +2,13 @@
 #   make run    the main job: fastproxy demo (edge, connector and client on loopback)
 #   make test   the whole test suite
 #   make bench  the benchmarks (opt-in; bounded), figures go to bench/RESULTS.md
+#   make fuzz   the long fuzz run: 10^6 executions per decoder on the ASan + UBSan core
+#               (scripts/fuzz.sh; FUZZ_RUNS, FUZZ_TIME per target), figures in bench/RELIABILITY.md
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bootstrap clean
+.PHONY: run test bench fuzz bootstrap clean
 
 run:
 	./scripts/bootstrap.sh
@@ -20,6 +22,10 @@ bench:
 	./scripts/bootstrap.sh --test
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-only $(PYTEST_ARGS)
+
+fuzz:
+	./scripts/bootstrap.sh --test
+	./scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build $(VENV) src/fastproxy/_core.c src/fastproxy/*.so src/*.egg-info

@@ -65,7 +65,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 extra=""
-[ "$want_test" = 1 ] && extra="[test,dev]"
+[ "$want_test" = 1 ] && extra="[test,dev,fuzz]"
 say "installing fastproxy$extra (compiles the core)"
 "$venv/bin/python" -m pip install -q -e ".$extra"
 "$venv/bin/python" -c 'import fastproxy._core' || { say "the compiled core did not build"; exit 1; }

@@ -55,11 +55,12 @@ for target in "${targets[@]}"; do
   # overread of a bytes object's buffer (pymalloc's arenas would hide it). control and
   # config reach no native code of ours (pure-Python decoders, tomllib): they run without
   # the sanitizer runtime, about ten times faster.
-  preload=$runtime pymalloc=malloc
-  case $target in control|config) preload="" pymalloc="" ;; esac
+  # (the sanitized core needs the runtime, so they import the normal one from src/).
+  preload=$runtime pymalloc=malloc path="$core/src:."
+  case $target in control|config) preload="" pymalloc="" path="src:." ;; esac
   if ! LD_PRELOAD="$preload" PYTHONMALLOC="$pymalloc" \
       ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:handle_abort=1" \
-      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" PYTHONPATH="$core/src:." \
+      UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" PYTHONPATH="$path" \
       nice -n 19 "$py" -m tests.fuzz.run "$target" -runs="$runs" -max_total_time="$time_limit" \
       -rss_limit_mb=4096 -artifact_prefix="build/fuzz/crashes/$target-" -print_final_stats=1 \
       ${FUZZ_JOBS:+-fork=$FUZZ_JOBS} \

@@ -344,18 +344,20 @@ LINKS = {"client-edge": ("user2", PORT), "edge-connector": ("conn", PORT)}
 
 def test_baseline_no_loss(faults: Faults) -> None:
     for node in ("user", "user2"):
-        result = ping(faults.topo, node, 100)
+        result = ping(faults.topo, node, 50)
         assert result.loss == 0, result.output
-    print(f"baseline: 2 x 100 echoes at 10 ms, no loss")
+    print("baseline: 2 x 50 echoes at 10 ms, no loss")
 
 
 @pytest.mark.parametrize("link", list(LINKS))
-@pytest.mark.parametrize("percent", [1, 5])
-def test_random_loss_is_not_amplified(faults: Faults, link: str, percent: int) -> None:
+@pytest.mark.parametrize(("percent", "count"), [
+    pytest.param(1, 1000, marks=pytest.mark.soak, id="1-percent"),  # 10 s each: with the soak (opt-in)
+    pytest.param(5, 300, id="5-percent"),
+])
+def test_random_loss_is_not_amplified(faults: Faults, link: str, percent: int, count: int) -> None:
     node, port = LINKS[link]
     rules = Rules(faults.topo, node, port)
     lost_before = faults.client2.count("connection to the edge lost") + faults.connector.count("connection to the edge lost")
-    count = 400
     rules.set(f"numgen random mod 100 < {percent}")
     try:
         udp = background_udp(faults.topo, "user2", count)
@@ -402,7 +404,7 @@ def test_two_second_blackout_recovers_within_a_second(faults: Faults, link: str)
 def test_delay_jitter_reordering_duplication_through_the_relay(faults: Faults) -> None:
     assert faults.relay.ask({"set": {"delay": 0.05, "jitter": 0.01, "reorder": 0.01, "duplicate": 0.01}}) == "ok"
     lost_before = faults.client1.count("connection to the edge lost")
-    count = 300
+    count = 250
     try:
         udp = background_udp(faults.topo, "user", count)
         result = ping(faults.topo, "user", count)
@@ -414,7 +416,7 @@ def test_delay_jitter_reordering_duplication_through_the_relay(faults: Faults) -
     assert rtt, result.output
     print(f"relay 50±10 ms each way, 1% reordered, 1% duplicated: ICMP loss {result.loss:.1%}, UDP loss "
           f"{1 - udp_received / udp_sent:.1%}, rtt avg {rtt.group(2)} ms, relay {stats}")
-    assert 80 <= float(rtt.group(2)) <= 200  # the relay is in the path: two 50 ms crossings
+    assert float(rtt.group(1)) >= 78  # the relay is in the path: two crossings of 50 ms ± 10 ms
     assert stats["duplicated"] > 0 and stats["reordered"] > 0
     # Nothing lost, and QUIC dropped the duplicated packets: no duplicate echo reached ping.
     assert result.loss <= 0.01 and udp_received >= udp_sent * 0.99, result.output
@@ -426,7 +428,7 @@ def test_delay_jitter_reordering_duplication_through_the_relay(faults: Faults) -
 
 
 def test_connector_stopped_for_three_seconds(faults: Faults) -> None:
-    load = background_ping(faults.topo, "user2", 600)  # 6 s
+    load = background_ping(faults.topo, "user2", 450)  # 4.5 s
     time.sleep(1.0)
     faults.connector.send(signal.SIGSTOP)
     time.sleep(3.0)
@@ -439,9 +441,10 @@ def test_connector_stopped_for_three_seconds(faults: Faults) -> None:
     assert after[0] - resumed < 1.0
     assert faults.connector.process is not None and faults.connector.process.poll() is None
     # No stuck flows: fresh echoes and UDP get through in full.
-    assert ping(faults.topo, "user2", 50).loss == 0
-    udp = background_udp(faults.topo, "user2", 50)
-    assert udp_loss(udp.join()) == (50, 50)
+    assert ping(faults.topo, "user2", 30).loss == 0
+    udp = background_udp(faults.topo, "user2", 30)
+    sent, received = udp_loss(udp.join())
+    assert received >= sent - 1
 
 
 def test_edge_killed_and_restarted(faults: Faults) -> None:
@@ -449,15 +452,23 @@ def test_edge_killed_and_restarted(faults: Faults) -> None:
     the connector and both TUN clients come back by themselves, each keeping its device
     and getting its routes back."""
     connects = faults.connector.count("connected to the edge")
+    loads = {node: background_ping(faults.topo, node, 200, interval=0.05) for node in ("user", "user2")}  # 10 s
+    time.sleep(1.0)
+    killed = time.time()
     faults.edge.stop(signal.SIGKILL)
     faults.edge.start()
-    restarted = time.monotonic()
+    restarted, restarted_wall = time.monotonic(), time.time()
     faults.edge.wait_for("edge listening", count=2)
     faults.connector.wait_for("connected to the edge", count=connects + 1, timeout=30)
     took = {"connector": time.monotonic() - restarted}
     for name, node, device in (("client1", "user", "fp0"), ("client2", "user2", "fp1")):
-        wait_until(lambda: ping(faults.topo, node, 1, timeout=5).received == 1, 30)  # noqa: B023
-        took[name] = time.monotonic() - restarted
+        result = _ping_result(loads[node].join())
+        # Resumed: the first reply after the longest silence (replies already past the edge
+        # when it was killed may still trickle in just after the restart).
+        times = [killed] + [ts for ts, _ in result.replies if ts > killed]
+        assert len(times) > 1, result.output
+        gap = max(range(1, len(times)), key=lambda i: times[i] - times[i - 1])
+        took[name] = times[gap] - restarted_wall
         assert routed(faults.topo, node, device)  # kept its device and its routes
     print("edge SIGKILL + restart: reconnected after " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
     faults.edge_restart = took
@@ -469,7 +480,7 @@ def test_edge_killed_and_restarted(faults: Faults) -> None:
 @pytest.mark.xfail(strict=True, reason=(
     "peers notice a restarted edge only by the QUIC idle timeout (tunnel/quic.py IDLE_TIMEOUT = 5 s): "
     "the new edge drops the old connection's packets silently (no stateless reset, whose token would need a "
-    "key that survives restarts), so connector and clients reconnect 5.7-7 s after the restart, not within 5 s"))
+    "key that survives restarts), so connector and clients reconnect 5.2-5.9 s after the restart, not within 5 s"))
 def test_edge_restart_reconnects_within_five_seconds(faults: Faults) -> None:
     """The issue's bound, on the figures test_edge_killed_and_restarted measured."""
     took = getattr(faults, "edge_restart", None)
@@ -481,10 +492,10 @@ def test_edge_restart_reconnects_within_five_seconds(faults: Faults) -> None:
 def test_stopped_client_costs_the_edge_bounded_memory(faults: Faults) -> None:
     topo = faults.topo
     rss_before = faults.edge.rss_kib()
-    # client1 asks the target for 8 s of 1000-byte datagrams at 4000/s (32 MB), then stops.
+    # client1 asks the target for 6 s of 1000-byte datagrams at 4000/s (24 MB), then stops.
     topo.run("user", sys.executable, "-c",
              "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-             f"s.sendto(b'32000 1000 4000', ('{TARGET}', {BLAST_PORT}))")
+             f"s.sendto(b'24000 1000 4000', ('{TARGET}', {BLAST_PORT}))")
     time.sleep(0.3)
     # Count what the edge receives from the connector meanwhile (it must really get that traffic).
     topo.run("edge", "nft", "add", "table", "inet", "fpcount")
@@ -492,9 +503,9 @@ def test_stopped_client_costs_the_edge_bounded_memory(faults: Faults) -> None:
     topo.run("edge", "nft", "add", "rule", "inet", "fpcount", "in", "ip", "saddr", "198.51.100.2", "counter")
     faults.client1.send(signal.SIGSTOP)
     try:
-        other = background_ping(topo, "user2", 400, interval=0.02)  # 8 s
+        other = background_ping(topo, "user2", 300, interval=0.02)  # 6 s
         peak = rss_before
-        for _ in range(16):
+        for _ in range(12):
             time.sleep(0.5)
             peak = max(peak, faults.edge.rss_kib())
         other_result = _ping_result(other.join())
@@ -503,9 +514,9 @@ def test_stopped_client_costs_the_edge_bounded_memory(faults: Faults) -> None:
         counted = topo.run("edge", "nft", "list", "table", "inet", "fpcount").stdout
         topo.run("edge", "nft", "delete", "table", "inet", "fpcount", check=False)
     received = int(re.search(r"counter packets \d+ bytes (\d+)", counted).group(1))  # type: ignore[union-attr]
-    print(f"client1 stopped 8 s, {received / 1e6:.1f} MB came to the edge for it: edge RSS "
+    print(f"client1 stopped 6 s, {received / 1e6:.1f} MB came to the edge for it: edge RSS "
           f"{rss_before / 1024:.1f} -> peak {peak / 1024:.1f} MiB; client2 ping loss {other_result.loss:.1%}")
-    assert received > 8e6  # at least a quarter of what the target sent did reach the edge
+    assert received > 6e6  # at least a quarter of what the target sent did reach the edge
     assert peak - rss_before < 16 * 1024, (rss_before, peak)
     assert other_result.loss <= 0.01, other_result.output
     # client1 comes back (its connection may have timed out meanwhile) with its device.

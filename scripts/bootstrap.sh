@@ -11,7 +11,7 @@ venv=${VENV:-.venv}
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 
-# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr, dig).
+# Debian packages: the tools the end-to-end tests drive (ip, ping, traceroute, mtr, dig, nft).
 # dig comes from bind9-dnsutils (Debian 11+; `dnsutils` is only its transitional name).
 if [ "$want_test" = 1 ]; then
   missing=()
@@ -20,6 +20,7 @@ if [ "$want_test" = 1 ]; then
   command -v traceroute >/dev/null || missing+=(traceroute)
   command -v mtr >/dev/null || missing+=(mtr-tiny)
   command -v dig >/dev/null || missing+=(bind9-dnsutils)
+  command -v nft >/dev/null || missing+=(nftables)  # tests/test_faults.py: loss and blackouts
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       say "installing Debian packages: ${missing[*]}"

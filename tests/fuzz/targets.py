@@ -240,6 +240,9 @@ def _nat_run(core: ModuleType, control_byte: int, requests: list[bytes], replies
     for reason in (r for _, r in refused):
         assert reason in core.NAT_REFUSAL_REASONS or reason in core.PACKET_MALFORMED_REASONS, reason
     sent = [(bytes(o.data(i)), o.address(i), o.ttl(i)) for o, n in ((out4, n4), (out6, n6)) for i in range(n)]
+    for message, address, _ in sent:
+        if len(address) == 2:  # v4: the rewritten echo keeps a valid checksum
+            assert _sum16(message) == 0, message.hex()
     family = 6 if control_byte & 1 else 4
     received = core.PacketBatch(max(1, len(replies)), 256)
     for i, reply in enumerate(replies):
@@ -251,8 +254,19 @@ def _nat_run(core: ModuleType, control_byte: int, requests: list[bytes], replies
     for reason in drops:
         assert reason in core.NAT_REPLY_DROP_REASONS, reason
     assert len(answers) + sum(drops.values()) == len(replies), (answers, drops)
-    expired = table.expire(100.0)
-    return n4, n6, refused, sent, answers, drops, len(table), nat.flows_created, sorted(expired)
+    flows = len(table)
+    expired = table.expire(100.0)  # every flow: (conn, client src, dst, client echo id, assigned id)
+    # A flow keeps the client's echo id when it is free towards that destination; else the
+    # table picks one at random (seeded from os.urandom in both cores, so they differ):
+    # compare those as "random", with the checksum bytes that depend on them.
+    client_id = {assigned: echo_id for _, _, _, echo_id, assigned in expired}
+
+    def canonical(assigned: int) -> int | str:
+        return assigned if client_id.get(assigned, assigned) == assigned else "random"
+
+    sent_canonical = [(m[:2], canonical(int.from_bytes(m[4:6], "big")), m[6:], a, t) for m, a, t in sent]
+    flows_canonical = sorted((c, s, d, e, str(canonical(a))) for c, s, d, e, a in expired)
+    return n4, n6, refused, sent_canonical, answers, drops, flows, nat.flows_created, flows_canonical
 
 
 def nat(data: bytes) -> None:

@@ -20,7 +20,7 @@ if [ "$want_test" = 1 ]; then
   command -v traceroute >/dev/null || missing+=(traceroute)
   command -v mtr >/dev/null || missing+=(mtr-tiny)
   command -v dig >/dev/null || missing+=(bind9-dnsutils)
-  command -v nft >/dev/null || missing+=(nftables)  # tests/test_bench_e2e_smoke.py drops a known share
+  command -v nft >/dev/null || missing+=(nftables)  # tests/test_faults.py and test_bench_e2e_smoke.py: loss, blackouts
   command -v openssl >/dev/null || missing+=(openssl)  # makes certificates as users do
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -67,7 +67,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 extra=""
-[ "$want_test" = 1 ] && extra="[test,dev]"
+[ "$want_test" = 1 ] && extra="[test,dev,fuzz]"
 say "installing fastproxy$extra (compiles the core)"
 "$venv/bin/python" -m pip install -q -e ".$extra"
 "$venv/bin/python" -c 'import fastproxy._core' || { say "the compiled core did not build"; exit 1; }

@@ -14,6 +14,7 @@ from types import ModuleType
 import pytest
 
 IN_CI = os.environ.get("CI", "") not in ("", "0", "false")
+SOAK = os.environ.get("FASTPROXY_SOAK", "") not in ("", "0")
 
 
 def _load(name: str) -> ModuleType:
@@ -57,3 +58,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
     if IN_CI and report.skipped and item.get_closest_marker("privileged") is not None:
         report.outcome = "failed"
         report.longrepr = f"privileged test skipped in CI (must run as root): {report.longrepr}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked soak (minutes long) are deselected, not skipped, unless FASTPROXY_SOAK=1."""
+    if SOAK:
+        return
+    soak = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soak:
+        config.hook.pytest_deselected(items=soak)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]

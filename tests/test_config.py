@@ -99,6 +99,16 @@ def test_errors_name_file_key_and_problem(tmp_path: Path, text: str, message: st
     assert message in str(info.value)
 
 
+def test_file_not_utf8(tmp_path: Path) -> None:
+    """Found by fuzzing (tests/fuzz, target config): tomllib lets UnicodeDecodeError out."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[connector]\ntoken = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config_file(str(path), SCHEMAS["connector"])
+    assert str(info.value).startswith(f"{path}: not valid TOML: not UTF-8")
+    assert "byte 0xe9 at position 24" in str(info.value)
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="/nonexistent.toml: cannot read"):
         load_config_file("/nonexistent.toml", SCHEMAS["edge"])

@@ -241,6 +241,9 @@ def load_config_file(path: str, schema: Schema) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file before it parses
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at position "
+                          f"{exc.start}); save the file as UTF-8") from None
     for name, value in document.items():
         if name not in SCHEMAS or not isinstance(value, dict):
             hint = _did_you_mean(name, SCHEMAS)

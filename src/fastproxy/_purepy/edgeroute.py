@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 
 from ..errors import MalformedPacket
-from .packet import decrement_ttl, parse_packet
+from .packet import decrement_ttl
 
 __all__ = ["EdgeIcmpRoutes", "rendezvous_score"]
 
@@ -27,23 +26,29 @@ def rendezvous_score(client_id: int, destination: bytes, owner: int) -> int:
     return h ^ (h >> 31)
 
 
-def _network(network: bytes, bits: int) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+_Prefix = tuple[int, int, int]
+"""(address length in bytes, network as an integer, mask as an integer)."""
+
+
+def _prefix(network: bytes, bits: int) -> _Prefix:
     network = bytes(network)
     if len(network) not in (4, 16) or not 0 <= bits <= len(network) * 8:
         raise ValueError(f"a prefix must be (4- or 16-byte network, length), got {(network, bits)!r}")
-    return ipaddress.ip_network((network, bits), strict=False)
+    width = len(network) * 8
+    mask = ((1 << bits) - 1) << (width - bits)
+    return len(network), int.from_bytes(network, "big") & mask, mask
+
+
+def _matches(prefix: _Prefix, dst: bytes, value: int) -> bool:
+    return prefix[0] == len(dst) and value & prefix[2] == prefix[1]
 
 
 class _Client:
-    def __init__(self, v4: bytes | None, v6: bytes | None,
-                 allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None) -> None:
+    def __init__(self, v4: bytes | None, v6: bytes | None, allowed: list[_Prefix] | None) -> None:
         self.v4, self.v6, self.allowed = v4, v6, allowed
 
-    def may_reach(self, dst: bytes) -> bool:
-        if self.allowed is None:
-            return True
-        address = ipaddress.ip_address(dst)
-        return any(address.version == p.version and address in p for p in self.allowed)
+    def may_reach(self, dst: bytes, value: int) -> bool:
+        return self.allowed is None or any(_matches(p, dst, value) for p in self.allowed)
 
 
 class EdgeIcmpRoutes:
@@ -55,7 +60,7 @@ class EdgeIcmpRoutes:
     """
 
     def __init__(self) -> None:
-        self._routes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, list[int]]] = []
+        self._routes: list[tuple[_Prefix, list[int]]] = []
         self._clients: dict[int, _Client] = {}
         self._by_address: dict[bytes, int] = {}
 
@@ -63,8 +68,9 @@ class EdgeIcmpRoutes:
         """Replace the prefix table: ``routes`` holds (network, prefix length, connector ids)
         triples (4- or 16-byte networks, host bits ignored), each prefix once, its ids in the
         router's order."""
-        table = [(_network(network, bits), [int(owner) for owner in owners]) for network, bits, owners in routes]
-        self._routes = sorted(((net, owners) for net, owners in table if owners), key=lambda entry: -entry[0].prefixlen)
+        table = [(_prefix(network, bits), bits, [int(owner) for owner in owners]) for network, bits, owners in routes]
+        # Longest first, as the router looks them up; a prefix with no connector is not one.
+        self._routes = [(prefix, owners) for prefix, _, owners in sorted(table, key=lambda entry: -entry[1]) if owners]
 
     def set_client(self, conn_id: int, v4: bytes | None, v6: bytes | None,
                    allowed: Iterable[tuple[bytes, int]] | None) -> None:
@@ -74,7 +80,7 @@ class EdgeIcmpRoutes:
             raise ValueError(f"a client's IPv4 address is 4 bytes, got {v4!r}")
         if v6 is not None and len(v6) != 16:
             raise ValueError(f"a client's IPv6 address is 16 bytes, got {v6!r}")
-        prefixes = None if allowed is None else [_network(network, bits) for network, bits in allowed]
+        prefixes = None if allowed is None else [_prefix(network, bits) for network, bits in allowed]
         self.remove_client(conn_id)
         self._clients[conn_id] = _Client(None if v4 is None else bytes(v4), None if v6 is None else bytes(v6), prefixes)
         for address in (v4, v6):
@@ -89,16 +95,17 @@ class EdgeIcmpRoutes:
                 if address is not None:
                     self._by_address.pop(address, None)
 
-    def _connector_for(self, client_id: int, dst: bytes) -> int | None:
-        address = ipaddress.ip_address(dst)
-        for network, owners in self._routes:
-            if network.version == address.version and address in network:
+    def _connector_for(self, client_id: int, dst: bytes, value: int) -> int | None:
+        for prefix, owners in self._routes:
+            if _matches(prefix, dst, value):
                 if len(owners) == 1:
                     return owners[0]
                 return max(owners, key=lambda owner: rendezvous_score(client_id, dst, owner))
         return None
 
-    def _client_datagram(self, client: _Client, client_id: int, data: bytes) -> int | None:
+    def _client_datagram(self, client: _Client, client_id: int, data: bytes) -> tuple[int, bytes] | None:
+        """(connector, the datagram with its TTL decremented), or None when the Python path
+        must decide."""
         if len(data) < 2 or data[0] != 0x02:
             return None
         version, length = data[1] >> 4, len(data) - 1
@@ -112,16 +119,19 @@ class EdgeIcmpRoutes:
             dst = data[25:41]
         else:
             return None
-        if not client.may_reach(dst):
+        value = int.from_bytes(dst, "big")
+        if not client.may_reach(dst, value):
             return None
-        connector = self._connector_for(client_id, dst)
+        connector = self._connector_for(client_id, dst, value)
         if connector is None:
             return None
+        forwarded = bytearray(data)
         try:
-            info = parse_packet(memoryview(data)[1:], verify_checksums=False)
+            if decrement_ttl(memoryview(forwarded)[1:]) == 0:
+                return None
         except MalformedPacket:
             return None
-        return connector if info.ttl > 1 else None
+        return connector, bytes(forwarded)
 
     def from_client(self, conn_id: int, datagrams: list[bytes], start: int, out: dict[int, list[bytes]]) -> int:
         """Forward client ``conn_id``'s ICMP datagrams ``datagrams[start:]`` into ``out``
@@ -135,12 +145,10 @@ class EdgeIcmpRoutes:
             data = datagrams[i]
             if type(data) is not bytes:
                 break
-            connector = self._client_datagram(client, conn_id, data)
-            if connector is None:
+            routed = self._client_datagram(client, conn_id, data)
+            if routed is None:
                 break
-            forwarded = bytearray(data)
-            decrement_ttl(memoryview(forwarded)[1:])
-            out.setdefault(connector, []).append(bytes(forwarded))
+            out.setdefault(routed[0], []).append(routed[1])
             i += 1
         return i
 

@@ -1,7 +1,7 @@
-"""The floor under bench/profile_deployed.py's W=1 figure: the same namespaces (client →
-edge → connector → router → target), with a plain Python UDP relay on uvloop in each of
-the user, edge and connector namespaces instead of fastproxy, and one UDP request in
-flight from the user namespace to an echo on the target; the direct path (connector
+"""The floor under bench/profile_deployed.py's W=1 figure: the same namespaces (bench/e2e's
+topology: client → edge → connector → r1 → r2 → r3 → target), with a plain Python UDP relay on uvloop in each of
+the client, edge and connector namespaces instead of fastproxy, and one UDP request in
+flight from the client namespace to an echo on the target; the direct path (connector
 namespace → target) in the same run. Whatever fastproxy does per hop comes on top of
 this: three processes woken once each way per round trip, each a recv and a send.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.netns import Link, Route, Topology  # noqa: E402
+from bench.e2e.systems import topology  # noqa: E402
 
 RELAY = r'''
 import asyncio, sys, uvloop
@@ -70,28 +70,20 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (namespaces)")
-    topo = Topology(
-        links=[Link("user", "edge", ["192.0.2.1/24"], ["192.0.2.2/24"]),
-               Link("edge", "conn", ["198.51.100.1/24"], ["198.51.100.2/24"]),
-               Link("conn", "router", ["203.0.113.1/25"], ["203.0.113.2/25"]),
-               Link("router", "target", ["203.0.113.129/25"], ["203.0.113.130/25"])],
-        routes=[Route("conn", "203.0.113.128/25", "203.0.113.2"), Route("target", "default", "203.0.113.129"),
-                Route("router", "default", "203.0.113.1")],
-        routers=["router"],
-    )
+    topo = topology()
     py = sys.executable
     with topo:
         processes = [topo.popen("target", py, "-c", ECHO),
                      topo.popen("conn", py, "-c", RELAY, "5000", "203.0.113.130", "7"),
                      topo.popen("edge", py, "-c", RELAY, "5000", "198.51.100.2", "5000"),
-                     topo.popen("user", py, "-c", RELAY, "5001", "192.0.2.2", "5000")]
+                     topo.popen("client", py, "-c", RELAY, "5001", "192.0.2.2", "5000")]
         try:
             time.sleep(1.5)
-            relays = dict(zip(("connector", "edge", "user"), processes[1:]))
+            relays = dict(zip(("connector", "edge", "client"), processes[1:]))
             for _ in range(args.runs):
                 direct = topo.run("conn", py, "-c", CLIENT, "203.0.113.130", "7", str(args.count)).stdout.strip()
                 before = {name: cpu_ticks(p.pid) for name, p in relays.items()}
-                relayed = topo.run("user", py, "-c", CLIENT, "127.0.0.1", "5001", str(args.count), timeout=120).stdout.strip()
+                relayed = topo.run("client", py, "-c", CLIENT, "127.0.0.1", "5001", str(args.count), timeout=120).stdout.strip()
                 cpu = {name: round((cpu_ticks(p.pid) - before[name]) / os.sysconf("SC_CLK_TCK") * 1e6 / args.count)
                        for name, p in relays.items()}
                 print(f"direct {direct} | three relays {relayed} | relay CPU µs/rt {cpu}", flush=True)

@@ -1,6 +1,6 @@
 /* UDP load generator and echo server for bench/e2e.
  *
- *   udp_flood send [-r RATE] [-s SIZE] [-t SECONDS] [-D DRAIN_MS] [-o RTT_FILE] HOST PORT
+ *   udp_flood send [-r RATE] [-s SIZE] [-t SECONDS] [-D DRAIN_MS] [-o RTT_FILE] [-p SOURCE_PORT] HOST PORT
  *   udp_flood echo [-q] [-t MAX_SECONDS] PORT
  *
  * send: paced at RATE datagrams/s (default 10000; above 20000/s in bursts every 50 us) of SIZE payload bytes (default 1200, at least
@@ -13,7 +13,8 @@
  *       little-endian uint32 per echo (ns). Prints one JSON line: offered, sent, send_failed,
  *       echoed, duplicates, foreign, loss (1 - echoed/offered), seconds, send_seconds (first to last
  *       send: above SECONDS when the sender could not keep the pace), offered_per_second,
- *       echoed_per_second, cpu_us_per_rt (user+sys of this process per echo).
+ *       echoed_per_second, cpu_us_per_rt (user+sys of this process per echo). -p binds SOURCE_PORT
+ *       (SO_REUSEADDR), so a short warm-up run opens a tunnel's UDP session for the run that follows.
  * echo: answers every datagram to PORT with the same bytes (-q: count only, answer nothing);
  *       prints "ready" once bound, then on SIGTERM/SIGINT or after MAX_SECONDS (default 600)
  *       one JSON line: received, bytes, replied.
@@ -69,7 +70,7 @@ static double cpu_s(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: udp_flood send [-r RATE] [-s SIZE] [-t SECONDS] [-D DRAIN_MS] [-o RTT_FILE] HOST PORT\n"
+            "usage: udp_flood send [-r RATE] [-s SIZE] [-t SECONDS] [-D DRAIN_MS] [-o RTT_FILE] [-p SOURCE_PORT] HOST PORT\n"
             "       udp_flood echo [-q] [-t MAX_SECONDS] PORT\n");
     exit(2);
 }
@@ -147,19 +148,22 @@ static int send_main(int argc, char **argv) {
     double rate = 10000, seconds = 2;
     long size = 1200, drain_ms = 500;
     const char *rtt_path = NULL;
+    long source_port = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "r:s:t:D:o:")) != -1) {
+    while ((opt = getopt(argc, argv, "r:s:t:D:o:p:")) != -1) {
         switch (opt) {
         case 'r': rate = atof(optarg); break;
         case 's': size = atol(optarg); break;
         case 't': seconds = atof(optarg); break;
         case 'D': drain_ms = atol(optarg); break;
         case 'o': rtt_path = optarg; break;
+        case 'p': source_port = atol(optarg); break;
         default: usage();
         }
     }
     if (optind != argc - 2 || rate <= 0 || rate > 5e6 || size < 16 || size > MAX_SIZE || seconds <= 0 ||
-        seconds > 600 || drain_ms < 0 || drain_ms > 10000 || rate * seconds > 2e8)
+        seconds > 600 || drain_ms < 0 || drain_ms > 10000 || rate * seconds > 2e8 || source_port < 0 ||
+        source_port > 65535)
         usage();
     struct sockaddr_in dst;
     memset(&dst, 0, sizeof dst);
@@ -172,6 +176,18 @@ static int send_main(int argc, char **argv) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     int buf = 8 << 20;
     big_buffers(fd, buf);
+    if (fd >= 0 && source_port) {
+        struct sockaddr_in me;
+        memset(&me, 0, sizeof me);
+        me.sin_family = AF_INET;
+        me.sin_port = htons((uint16_t)source_port);
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (struct sockaddr *)&me, sizeof me) < 0) {
+            perror("udp_flood send: bind");
+            return 1;
+        }
+    }
     if (fd < 0 || connect(fd, (struct sockaddr *)&dst, sizeof dst) < 0) {
         perror("udp_flood send: connect");
         return 1;

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tests.netns import Link, Route, Topology
 
-__all__ = ["SYSTEMS", "TARGET", "PRIVATE_PREFIX", "System", "SystemFailed", "setup"]
+__all__ = ["SYSTEMS", "TARGET", "PRIVATE_PREFIX", "FastproxyOptions", "System", "SystemFailed", "setup", "topology"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET = "203.0.113.130"
@@ -135,24 +135,41 @@ def _spawn(topo: Topology, node: str, workdir: Path, name: str, *command: str,
 
 # --- fastproxy ---------------------------------------------------------------------------------
 
-def _fastproxy(topo: Topology, workdir: Path, backend: str, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+@dataclass
+class FastproxyOptions:
+    """How the fastproxy systems run their three processes (bench/profile_deployed.py sets these)."""
+
+    src: Path = ROOT / "src"
+    """The source tree the processes import fastproxy from (another checkout's ``src/`` to compare)."""
+    interpreter_args: dict[str, list[str]] = field(default_factory=dict)
+    """Role -> arguments put before ``-m fastproxy`` (e.g. ``-m cProfile -o FILE``)."""
+    metrics: str | None = None
+    """Each process serves /metrics here (in its own namespace) when set."""
+
+
+def _fastproxy(topo: Topology, workdir: Path, backend: str, processes: dict[str, subprocess.Popen[bytes]],
+               options: FastproxyOptions) -> None:
     from fastproxy.tunnel.certs import generate_self_signed
 
     cert = generate_self_signed(str(workdir))
-    env = {"PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "fastproxy"]
+    env = {"PYTHONPATH": str(options.src)}
+
+    def command_of(role: str) -> list[str]:
+        metrics = ["--metrics", options.metrics] if options.metrics else []
+        return [sys.executable, *options.interpreter_args.get(role, []), "-m", "fastproxy", role, *metrics]
+
     logs = lambda: _log_text(workdir, ["edge", "connector", "client"])  # noqa: E731
     if backend == "ping":  # ping sockets for root's group inside the connector's namespace
         topo.sysctl("conn", "net.ipv4.ping_group_range", "0 2147483647")
-    processes["edge"] = _spawn(topo, "edge", workdir, "edge", *command, "edge", "--listen", "0.0.0.0:4433",
+    processes["edge"] = _spawn(topo, "edge", workdir, "edge", *command_of("edge"), "--listen", "0.0.0.0:4433",
                                "--cert", cert.cert_file, "--key", cert.key_file, "--client-token", "client-1",
                                "--connector-token", "connector-1", env=env)
-    processes["connector"] = _spawn(topo, "conn", workdir, "connector", *command, "connector", "--edge",
+    processes["connector"] = _spawn(topo, "conn", workdir, "connector", *command_of("connector"), "--edge",
                                     f"{EDGE_CONN_SIDE}:4433", "--token", "connector-1", "--route", PRIVATE_PREFIX,
                                     "--pin", cert.fingerprint, "--backend", backend, env=env)
     wait_until(lambda: "connected to the edge" in (workdir / "connector.log").read_text(errors="replace"),
                20, "the connector did not connect to the edge", logs)
-    processes["client"] = _spawn(topo, "client", workdir, "client", *command, "client", "--edge",
+    processes["client"] = _spawn(topo, "client", workdir, "client", *command_of("client"), "--edge",
                                  f"{EDGE_CLIENT_SIDE}:4433", "--token", "client-1", "--pin", cert.fingerprint,
                                  "--tun", "fp0", env=env)
     wait_until(lambda: PRIVATE_PREFIX in topo.run("client", "ip", "route", check=False).stdout,
@@ -268,9 +285,10 @@ def _openvpn(topo: Topology, workdir: Path, processes: dict[str, subprocess.Pope
 
 
 @contextlib.contextmanager
-def setup(name: str, workdir: Path) -> Iterator[System]:
+def setup(name: str, workdir: Path, fastproxy: FastproxyOptions | None = None) -> Iterator[System]:
     """Build a fresh topology, start system ``name`` in it, check the target answers a ping through
-    it, yield it; stop its processes and delete the namespaces afterwards, even on failure."""
+    it, yield it; stop its processes and delete the namespaces afterwards, even on failure.
+    ``fastproxy``: how the fastproxy systems run their processes (default: this checkout, plain)."""
     workdir.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     with topology() as topo:
@@ -285,7 +303,7 @@ def setup(name: str, workdir: Path) -> Iterator[System]:
                 _openvpn(topo, workdir, processes)
             elif name in ("fastproxy-raw", "fastproxy-ping"):
                 source = "client"
-                _fastproxy(topo, workdir, name.split("-")[1], processes)
+                _fastproxy(topo, workdir, name.split("-")[1], processes, fastproxy or FastproxyOptions())
             else:
                 raise ValueError(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
             wait_until(lambda: _reaches_target(topo, source), 15, f"{name}: the target did not answer a ping from {source}",

@@ -334,3 +334,24 @@ class EchoNat:
 def normalize_bsd_ipv4_headers(batch: PacketBatch) -> None:
     """Put back in network form the IPv4 headers a BSD/macOS ICMP socket delivered."""
 # ---- end nat ----
+
+# ---- edgeroute ----
+def rendezvous_score(client_id: int, destination: ReadableBuffer, owner: int) -> int:
+    """Rendezvous-hashing score of connector ``owner`` for (client, destination); highest wins."""
+
+class EdgeIcmpRoutes:
+    """The edge's batched ICMP fast path; the tables mirror EdgeRouter's."""
+
+    def __init__(self) -> None: ...
+    def set_routes(self, routes: Iterable[tuple[bytes, int, Sequence[int]]]) -> None:
+        """Replace the prefix table: (network, prefix length, connector ids) triples."""
+    def set_client(self, conn_id: int, v4: bytes | None, v6: bytes | None,
+                   allowed: Iterable[tuple[bytes, int]] | None) -> None:
+        """Admit or update a client: its addresses and the prefixes it may reach (None: any)."""
+    def remove_client(self, conn_id: int) -> None:
+        """Forget a client (nothing happens when it is unknown)."""
+    def from_client(self, conn_id: int, datagrams: list[bytes], start: int, out: dict[int, list[bytes]]) -> int:
+        """Forward the common-case ICMP datagrams from ``start`` on; the index of the first one left."""
+    def from_connector(self, datagrams: list[bytes], start: int, out: dict[int, list[bytes]]) -> int:
+        """Forward ICMP datagrams to clients by destination from ``start`` on; the index of the first one left."""
+# ---- end edgeroute ----

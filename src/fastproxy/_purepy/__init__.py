@@ -8,9 +8,11 @@ from __future__ import annotations
 from .batchio import *  # noqa: F403
 from .checksum import *  # noqa: F403
 from .datagram import *  # noqa: F403
+from .edgeroute import *  # noqa: F403
 from .flowtable import *  # noqa: F403
 from .nat import *  # noqa: F403
 from .packet import *  # noqa: F403
-from . import batchio, checksum, datagram, flowtable, nat, packet
+from . import batchio, checksum, datagram, edgeroute, flowtable, nat, packet
 
-__all__ = [*checksum.__all__, *packet.__all__, *flowtable.__all__, *batchio.__all__, *datagram.__all__, *nat.__all__]
+__all__ = [*checksum.__all__, *packet.__all__, *flowtable.__all__, *batchio.__all__, *datagram.__all__, *nat.__all__,
+           *edgeroute.__all__]

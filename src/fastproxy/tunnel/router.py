@@ -19,6 +19,9 @@ Routing (DESIGN sections 1, 2, 4):
   The packet goes to a connector serving the longest matching prefix; with several
   connectors, flows are spread by rendezvous hashing of (client, destination), so when
   one goes away only its flows move.
+  The common case of ICMP both ways is forwarded in C, a batch at a time
+  (``fastproxy.edgeroute.EdgeIcmpRoutes``, whose tables this router keeps in step); every
+  other datagram takes the Python path below, so the results and counters are the same.
 - connector ICMP: routed back to the client that owns the destination address.
 - UDP sessions: the edge keeps (request id -> client, connector, registration); client
   registrations (0x00) and payloads (0x01) go to the session's connector, connector
@@ -63,6 +66,7 @@ from ..datagram import (
     encode_registration_response,
     encode_udp_registration,
 )
+from ..edgeroute import EdgeIcmpRoutes, rendezvous_score
 from ..errors import MalformedDatagram, MalformedPacket
 from ..icmp.ratelimit import RateLimitedLog, TokenBucketLimiter
 from ..packet import build_destination_unreachable, build_time_exceeded, decrement_ttl
@@ -233,6 +237,11 @@ class _PrefixTable:
                 return owners
         return None
 
+    def entries(self) -> list[tuple[bytes, int, list[int]]]:
+        """Every prefix as (network bytes, length, connector ids), for the ICMP fast path."""
+        return [(net.to_bytes(4 if version == 4 else 16, "big"), length, list(owners))
+                for (version, length), table in self._by_length.items() for net, owners in table.items()]
+
     def prefixes(self) -> tuple[Network, ...]:
         result = []
         for (version, length), table in self._by_length.items():
@@ -320,10 +329,12 @@ class _Session:
 
 
 class EdgeRouter:
-    """The edge's routing core (no I/O). Connection ids are chosen by the caller."""
+    """The edge's routing core (no I/O). Connection ids are chosen by the caller.
+    ``icmp_fast_path=False`` routes every datagram in Python (to compare the two)."""
 
-    def __init__(self, config: EdgeConfig) -> None:
+    def __init__(self, config: EdgeConfig, *, icmp_fast_path: bool = True) -> None:
         self.config = config
+        self._fast = EdgeIcmpRoutes() if icmp_fast_path else None
         self.drops: Counter[str] = Counter()
         self.auth_failures: Counter[str] = Counter()
         self.routed: Counter[str] = Counter()
@@ -395,6 +406,7 @@ class EdgeRouter:
         for address in (v4, v6):
             if address is not None:
                 self._client_by_address[address] = conn_id
+        self._sync_client(client)
         if version >= 2:
             client.routes = prefixes = self.reachable(conn_id)
         else:  # what version 1 always gave: the policy itself, else what is announced now
@@ -458,7 +470,17 @@ class EdgeRouter:
             return canonical_prefixes(announced)
         return intersect_prefixes(announced, allowed)
 
+    def _sync_client(self, client: _Client) -> None:
+        """Tell the ICMP fast path a client's addresses and policy (after either changed)."""
+        if self._fast is not None:
+            allowed = None if client.allowed is None else [
+                (p.network_address.packed, p.prefixlen) for p in client.allowed]
+            self._fast.set_client(client.conn_id, client.v4, client.v6, allowed)
+
     def _refresh_routes(self) -> None:
+        # Every change of the prefix table ends here: the fast path gets the new one.
+        if self._fast is not None:
+            self._fast.set_routes(self._routes.entries())
         announced = self._routes.prefixes()
         by_policy: dict[tuple[Network, ...] | None, tuple[Network, ...]] = {}  # clients mostly share a few
         for conn_id, client in self._clients.items():
@@ -494,6 +516,7 @@ class EdgeRouter:
                                          "the edge no longer accepts this client's token (configuration reloaded)")
             else:
                 client.allowed = self._policy(client.token)
+                self._sync_client(client)
         connector_tokens = set(self._connector_tokens())
         for conn_id, connector in self._connectors.items():
             if connector.token not in connector_tokens:
@@ -549,6 +572,8 @@ class EdgeRouter:
         """Forget a connection (client or connector) and everything routed through it."""
         client = self._clients.pop(conn_id, None)
         if client is not None:
+            if self._fast is not None:
+                self._fast.remove_client(conn_id)
             self._unreachable_limiter.forget(conn_id)
             for address, version in ((client.v4, 4), (client.v6, 6)):
                 if address is not None:
@@ -572,13 +597,42 @@ class EdgeRouter:
         if now is None:
             now = time.monotonic()
         out: Outbound = {}
+        fast = self._fast
         if conn_id in self._clients:
             client = self._clients[conn_id]
-            for data in datagrams:
-                self._from_client(client, data, now, out)
+            if fast is None:
+                for data in datagrams:
+                    self._from_client(client, data, now, out)
+                return out
+            # The fast path takes datagrams in order up to one it leaves; that one goes
+            # through Python, then the fast path again from the next (so the order holds).
+            if type(datagrams) is not list:
+                datagrams = list(datagrams)
+            i, forwarded = 0, 0
+            while i < len(datagrams):
+                stop = fast.from_client(conn_id, datagrams, i, out)
+                forwarded += stop - i
+                if stop < len(datagrams):
+                    self._from_client(client, datagrams[stop], now, out)
+                i = stop + 1
+            if forwarded:
+                self.routed["icmp_to_connector"] += forwarded
         elif self.is_connector(conn_id):
-            for data in datagrams:
-                self._from_connector(conn_id, data, now, out)
+            if fast is None:
+                for data in datagrams:
+                    self._from_connector(conn_id, data, now, out)
+                return out
+            if type(datagrams) is not list:
+                datagrams = list(datagrams)
+            i, forwarded = 0, 0
+            while i < len(datagrams):
+                stop = fast.from_connector(datagrams, i, out)
+                forwarded += stop - i
+                if stop < len(datagrams):
+                    self._from_connector(conn_id, datagrams[stop], now, out)
+                i = stop + 1
+            if forwarded:
+                self.routed["icmp_to_client"] += forwarded
         else:
             self.drops["unauthenticated"] += len(datagrams)
         return out
@@ -590,9 +644,8 @@ class EdgeRouter:
         if len(owners) == 1:
             return owners[0]
         # Rendezvous hashing: stable per (client, destination); losing a connector moves
-        # only the flows it carried.
-        key = client_id.to_bytes(8, "big") + destination
-        return max(owners, key=lambda owner: hashlib.blake2b(key + owner.to_bytes(8, "big"), digest_size=8).digest())
+        # only the flows it carried. The ICMP fast path hashes the same way.
+        return max(owners, key=lambda owner: rendezvous_score(client_id, destination, owner))
 
     def _allowed(self, client: _Client, destination: bytes) -> bool:
         return client.allowed is None or _in_prefixes(destination, client.allowed)

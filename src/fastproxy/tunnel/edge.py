@@ -188,9 +188,9 @@ class Edge:
             log.warning("closing %s %d from %s: %s", self._roles.get(conn_id, "peer"), conn_id,
                         connection.remote_address, error.reason)
             self.stats["connections_revoked"] += 1
+            self._roles.pop(conn_id, None)  # logged above: no second line when it closes
             connection.send_control(encode_message(error, versions.get(conn_id, 1)))
             connection.close(error.code, error.reason)
-            self._roles.pop(conn_id, None)
             if conn_id in clients:
                 self._client_gone(*clients[conn_id])
         self._push_routes()
@@ -284,6 +284,9 @@ class Edge:
                                "reason": reason, "code": code})
 
     def _on_closed(self, connection: quic.TunnelConnection, code: int, reason: str) -> None:
+        # Called as soon as the connection is known closed (by us, by the peer, or by a
+        # timeout), not after its closing period: its addresses are free from now on,
+        # so a client that reconnects at once gets them back.
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
         if self._connections.pop(conn_id, None) is not None:
             self.stats["datagrams_in_closed"] += connection.datagrams_in

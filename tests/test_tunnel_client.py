@@ -117,6 +117,37 @@ def test_a_closed_connection_frees_its_addresses_at_once_and_the_reconnect_gets_
     run(body, timeout=30)
 
 
+@pytest.mark.parametrize("silent", [True, False])
+def test_a_reconnect_takes_over_the_addresses_of_its_tokens_silent_connection_only(silent: bool) -> None:
+    """A client whose network blipped reconnects before the edge's idle timeout noticed
+    the old connection died: the old connection (same token, silent for two keepalives)
+    is closed and the newcomer gets its addresses. A live one keeps them (clients may
+    share a token)."""
+    from fastproxy.tunnel.dial import dial
+    from fastproxy.tunnel.edge import SILENT_AFTER
+
+    async def body() -> None:
+        async with _edge() as edge:
+            trust = fastproxy.Trust(pin=edge.fingerprint)
+            previous, welcome = await dial("127.0.0.1", edge.port, trust=trust, role="client", token=CLIENT_TOKEN)
+            old_id = max(edge._connections)
+            old = edge._connections[old_id]
+            if silent:  # the blip: nothing from the old connection reaches the edge any more
+                old.datagram_received = old.datagrams_received = lambda *_: None  # type: ignore[method-assign]
+                old.last_received -= SILENT_AFTER  # as if that long had passed
+            try:
+                async with fastproxy.Client(f"127.0.0.1:{edge.port}", CLIENT_TOKEN, edge.fingerprint) as client:
+                    same = (client.address_v4, client.address_v6) == (welcome.client_v4, welcome.client_v6)
+                    assert same is silent
+                    assert edge.router.is_client(old_id) is not silent
+                    assert edge.stats["connections_replaced"] == (1 if silent else 0)
+                    assert edge.router.client_count == 1 if silent else 2
+            finally:
+                previous.close(0, "test done")
+
+    run(body, timeout=30)
+
+
 def test_client_with_a_bad_token_is_rejected_on_entry() -> None:
     async def body() -> None:
         async with _edge() as edge:

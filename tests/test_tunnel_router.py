@@ -99,6 +99,17 @@ def test_reconnect_while_the_old_connection_still_holds_the_address_never_takes_
     assert admit(router, 12).client_v4 == second.client_v4  # the token's last addresses
 
 
+def test_previous_holder_is_only_ever_a_connection_of_the_same_token() -> None:
+    router = make_router(client_tokens={"c": None, "other": None})
+    admit(router, 10)
+    assert router.previous_holder(Hello("client", "c")) == 10
+    assert router.previous_holder(Hello("client", "other")) is None  # its addresses are not the other's to take
+    assert router.previous_holder(Hello("client", "wrong")) is None
+    assert router.previous_holder(Hello("connector", "k")) is None
+    router.remove(10)
+    assert router.previous_holder(Hello("client", "c")) is None  # free: nobody to close
+
+
 def test_released_addresses_are_reused_oldest_first_once_the_pool_is_used_up() -> None:
     router = make_router(client_pools=("100.96.0.0/29",), client_tokens={"c": None, "d": None, "e": None})
     held = [router.authenticate(conn_id, Hello("client", "e")) for conn_id in range(10, 15)]  # .2 to .6

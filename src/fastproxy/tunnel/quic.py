@@ -234,6 +234,7 @@ class TunnelConnection(QuicConnectionProtocol):
         self.datagrams_dropped_closed = 0
         self._terminated = False
         self._close_reported = False
+        self.last_received = self._loop.time()  # loop time of the last packet from the peer
         self._server: _BatchingServer | None = None
 
     # -- sending ---------------------------------------------------------------
@@ -339,6 +340,7 @@ class TunnelConnection(QuicConnectionProtocol):
         self._deliver_datagrams()
 
     def _after_receive(self) -> None:
+        self.last_received = self._loop.time()
         self._process_events()
         self._deliver_datagrams()
         closing = self._quic._close_event

@@ -407,6 +407,25 @@ class EdgeRouter:
             version=version,
         )
 
+    def previous_holder(self, hello: Hello) -> int | None:
+        """The client connection that holds the addresses a client with ``hello``'s token
+        was given last, if it has that same token (None otherwise, or for a connector or
+        a token the edge does not accept). The glue closes it when it is known dead (gone
+        silent), so that a client reconnecting after a network blip, before the edge's
+        idle timeout noticed, gets its addresses back; a holder of another token is never
+        returned (handing its addresses over would be a hijack)."""
+        if hello.role != ROLE_CLIENT or not hello.token:
+            return None
+        token = _tokens_match(hello.token, self.config.client_tokens)
+        if token is None:
+            return None
+        token_key = hashlib.sha256(token.encode("utf-8")).digest()
+        for address in self._last_addresses.get(token_key, ()):
+            holder = self._client_by_address.get(address) if address is not None else None
+            if holder is not None and self._clients[holder].token_key == token_key:
+                return holder
+        return None
+
     def _connector_tokens(self) -> list[str]:
         return [*self.config.connector_tokens, *self.config.connector_policies]
 

@@ -135,10 +135,14 @@ async def _dial_once(
         if not answer.done():
             answer.set_exception(TunnelRejected(code, reason or "connection closed"))
 
+    # on_closed only once connected: a handshake that fails or is cancelled closes the
+    # connection inside quic.connect, which raises that itself.
     connection = await quic.connect(
-        host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, on_closed=on_closed,
-        timeout=timeout,
+        host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, timeout=timeout,
     )
+    connection.on_closed = on_closed
+    if connection.is_closed:
+        on_closed(connection, connection.close_code or 0, connection.close_reason)
     message = encode_message(Hello(role, token, version))
     if role == ROLE_CONNECTOR:
         message += encode_message(Announce(tuple(prefixes)), version)

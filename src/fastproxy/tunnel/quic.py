@@ -668,6 +668,11 @@ async def connect(
         connection.connect(addr)
         await asyncio.wait_for(connection.wait_connected(), timeout)
     except BaseException:
+        # wait_connected shields qh3's waiter, which qh3 fails with ConnectionError once
+        # the close is processed: drop it now, or asyncio logs "exception never retrieved".
+        waiter, connection._connected_waiter = connection._connected_waiter, None
+        if waiter is not None:
+            waiter.cancel()
         connection.close(0, "handshake failed")
         transport.close()
         raise

@@ -83,6 +83,71 @@ def test_client_icmp_udp_refusal_and_recovery_after_reconnect() -> None:
     run(body, timeout=30)
 
 
+@pytest.mark.parametrize("closed_by", ["edge", "client"])
+def test_a_closed_connection_frees_its_addresses_at_once_and_the_reconnect_gets_them_back(closed_by: str) -> None:
+    """The edge forgets a client's connection as soon as it is known closed, not when its
+    closing period (three PTOs) ends: a client that reconnects within that time (edge-side
+    close, a network blip on the client's side) gets its tunnel addresses back."""
+    async def body() -> None:
+        async with _edge() as edge, fastproxy.Client(f"127.0.0.1:{edge.port}", CLIENT_TOKEN, edge.fingerprint,
+                                                      backoff_initial=0.001) as client:
+            addresses = client.address_v4, client.address_v6
+            old_id = max(edge._connections)
+            old = edge._connections[old_id]
+            assert edge.router.is_client(old_id)
+            if closed_by == "edge":
+                old.close(0, "test")
+            else:
+                client._connection.close(0, "network blip")  # type: ignore[union-attr]
+
+                async def close_arrived() -> None:
+                    while old._quic._close_event is None:  # the peer's CONNECTION_CLOSE came in
+                        await asyncio.sleep(0.001)
+
+                await asyncio.wait_for(close_arrived(), 5)
+            # Still in its closing or draining period, yet already gone from the router.
+            assert not old._terminated
+            assert not edge.router.is_client(old_id)
+            assert old_id not in edge._connections
+            await wait_for(lambda: client.stats["reconnects"] == 1, 5)
+            await asyncio.wait_for(client.connected.wait(), 5)
+            assert (client.address_v4, client.address_v6) == addresses
+            assert edge.router.client_count == 1
+
+    run(body, timeout=30)
+
+
+@pytest.mark.parametrize("silent", [True, False])
+def test_a_reconnect_takes_over_the_addresses_of_its_tokens_silent_connection_only(silent: bool) -> None:
+    """A client whose network blipped reconnects before the edge's idle timeout noticed
+    the old connection died: the old connection (same token, silent for two keepalives)
+    is closed and the newcomer gets its addresses. A live one keeps them (clients may
+    share a token)."""
+    from fastproxy.tunnel.dial import dial
+    from fastproxy.tunnel.edge import SILENT_AFTER
+
+    async def body() -> None:
+        async with _edge() as edge:
+            trust = fastproxy.Trust(pin=edge.fingerprint)
+            previous, welcome = await dial("127.0.0.1", edge.port, trust=trust, role="client", token=CLIENT_TOKEN)
+            old_id = max(edge._connections)
+            old = edge._connections[old_id]
+            if silent:  # the blip: nothing from the old connection reaches the edge any more
+                old.datagram_received = old.datagrams_received = lambda *_: None  # type: ignore[method-assign]
+                old.last_received -= SILENT_AFTER  # as if that long had passed
+            try:
+                async with fastproxy.Client(f"127.0.0.1:{edge.port}", CLIENT_TOKEN, edge.fingerprint) as client:
+                    same = (client.address_v4, client.address_v6) == (welcome.client_v4, welcome.client_v6)
+                    assert same is silent
+                    assert edge.router.is_client(old_id) is not silent
+                    assert edge.stats["connections_replaced"] == (1 if silent else 0)
+                    assert edge.router.client_count == 1 if silent else 2
+            finally:
+                previous.close(0, "test done")
+
+    run(body, timeout=30)
+
+
 def test_client_with_a_bad_token_is_rejected_on_entry() -> None:
     async def body() -> None:
         async with _edge() as edge:

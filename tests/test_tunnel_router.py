@@ -71,7 +71,53 @@ def test_tokens_and_addresses() -> None:
     assert str(first.client_v6) == "fd00:fa57::2"
     assert router.edge_v4 == ipaddress.ip_address("100.96.0.1").packed
     router.remove(10)
-    assert str(admit(router, 12).client_v4) == "100.96.0.2"  # released address reused
+    # A never-used address first: the released one stays free for its previous holder.
+    assert str(admit(router, 12).client_v4) == "100.96.0.4"
+
+
+def test_a_reconnecting_client_gets_its_addresses_back_after_others_came_and_went() -> None:
+    router = make_router(client_tokens={"c": None, "other": None})
+    first = admit(router, 10)
+    router.remove(10)  # its connection closed
+    other = router.authenticate(11, Hello("client", "other"))  # another client comes meanwhile
+    assert isinstance(other, Welcome)
+    assert (other.client_v4, other.client_v6) != (first.client_v4, first.client_v6)
+    again = admit(router, 12)
+    assert (again.client_v4, again.client_v6) == (first.client_v4, first.client_v6)
+
+
+def test_reconnect_while_the_old_connection_still_holds_the_address_never_takes_it() -> None:
+    # Only the glue knows a connection is closed (it calls remove at once): while the old
+    # one is in the router it may be a live client sharing the token, so it keeps them.
+    router = make_router()
+    first = admit(router, 10)
+    second = admit(router, 11)
+    assert second.client_v4 != first.client_v4
+    assert router.client_addresses(10) == (first.client_v4.packed, first.client_v6.packed)  # type: ignore[union-attr]
+    router.remove(10)
+    router.remove(11)
+    assert admit(router, 12).client_v4 == second.client_v4  # the token's last addresses
+
+
+def test_previous_holder_is_only_ever_a_connection_of_the_same_token() -> None:
+    router = make_router(client_tokens={"c": None, "other": None})
+    admit(router, 10)
+    assert router.previous_holder(Hello("client", "c")) == 10
+    assert router.previous_holder(Hello("client", "other")) is None  # its addresses are not the other's to take
+    assert router.previous_holder(Hello("client", "wrong")) is None
+    assert router.previous_holder(Hello("connector", "k")) is None
+    router.remove(10)
+    assert router.previous_holder(Hello("client", "c")) is None  # free: nobody to close
+
+
+def test_released_addresses_are_reused_oldest_first_once_the_pool_is_used_up() -> None:
+    router = make_router(client_pools=("100.96.0.0/29",), client_tokens={"c": None, "d": None, "e": None})
+    held = [router.authenticate(conn_id, Hello("client", "e")) for conn_id in range(10, 15)]  # .2 to .6
+    assert [str(w.client_v4) for w in held] == [f"100.96.0.{n}" for n in range(2, 7)]  # type: ignore[union-attr]
+    assert isinstance(router.authenticate(15, Hello("client", "c")), Error)  # exhausted
+    router.remove(11)  # .3
+    router.remove(13)  # .5
+    assert str(admit(router, 16).client_v4) == "100.96.0.3"
 
 
 def test_one_token_cannot_take_the_whole_pool() -> None:

@@ -147,6 +147,8 @@ async def _dial_once(
         host, port, trust=trust, on_datagrams=on_datagrams, on_control=on_control, timeout=timeout,
     )
     connection.on_closed = on_closed
+    if connection.is_closed:
+        on_closed(connection, connection.close_code or 0, connection.close_reason)
     message = encode_message(Hello(role, token, version))
     if role == ROLE_CONNECTOR:
         message += encode_message(Announce(tuple(prefixes)), version)

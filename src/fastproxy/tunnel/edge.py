@@ -37,6 +37,10 @@ __all__ = ["DEFAULT_CLIENT_POOLS", "Edge", "EdgeConfig", "EdgeRouter", "Network"
 log = logging.getLogger("fastproxy.edge")
 
 HELLO_TIMEOUT = 5.0
+# A client connection that has sent nothing for this long has missed two keepalives in a
+# row: when a client of its token reconnects, it is taken for that client's dead previous
+# connection (a network blip), closed, and its addresses go to the newcomer.
+SILENT_AFTER = 2.5 * quic.KEEPALIVE_INTERVAL
 
 
 class Edge:
@@ -56,7 +60,9 @@ class Edge:
     lives only as long as the process. A certificate and key that do not belong together,
     or an unusable state directory, raise CertificateFileError. ``edge.router`` is the routing core with every counter;
     ``edge.stats`` counts connections (``connections_total_<role>``,
-    ``connections_rejected``, ``connections_revoked``) and ``route_updates_sent``.
+    ``connections_rejected``, ``connections_revoked``, ``connections_replaced``: a silent
+    client connection closed because a client of its token reconnected) and
+    ``route_updates_sent``.
     ``reconfigure(config)`` applies a reloaded configuration without dropping connections.
     """
 
@@ -196,9 +202,9 @@ class Edge:
             log.warning("closing %s %d from %s: %s", self._roles.get(conn_id, "peer"), conn_id,
                         connection.remote_address, error.reason)
             self.stats["connections_revoked"] += 1
+            self._roles.pop(conn_id, None)  # logged above: no second line when it closes
             connection.send_control(encode_message(error, versions.get(conn_id, 1)))
             connection.close(error.code, error.reason)
-            self._roles.pop(conn_id, None)
             if conn_id in clients:
                 self._client_gone(*clients[conn_id])
         self._push_routes()
@@ -233,6 +239,7 @@ class Edge:
             version = self.router.version_of(conn_id)
             if role is None and isinstance(message, Hello):
                 version = negotiate(message.version)
+                self._close_silent_previous(message)
                 result = self.router.authenticate(conn_id, message)
                 if isinstance(result, Error):
                     self._reject(connection, result, version)
@@ -271,6 +278,25 @@ class Edge:
                              version)
                 return
 
+    def _close_silent_previous(self, hello: Hello) -> None:
+        """Before admitting a client: if the connection holding the addresses its token
+        had last is of that token and has gone silent (SILENT_AFTER), it is that client's
+        previous connection, dead without a close (a network blip, a NAT rebinding): close
+        it now rather than at its idle timeout, so the client gets its addresses back."""
+        holder = self.router.previous_holder(hello)
+        connection = self._connections.get(holder) if holder is not None else None
+        if connection is None:
+            return
+        silent = asyncio.get_running_loop().time() - connection.last_received
+        if silent < SILENT_AFTER:
+            return  # alive: another client sharing the token keeps its addresses
+        self.stats["connections_replaced"] += 1
+        log.info("client %d from %s silent for %.1f s: closed, a client of its token reconnected", holder,
+                 format_address(connection.remote_address), silent,
+                 extra={"event": "replace", "peer": format_address(connection.remote_address), "client_id": holder})
+        self._roles.pop(holder, None)  # logged here: no second line when it closes
+        connection.close(0, "replaced by a new connection of this client")  # forgotten at once (_on_closed)
+
     def _on_datagrams(self, connection: quic.TunnelConnection, datagrams: list[bytes]) -> None:
         out = self.router.route(connection.conn_id, datagrams)  # type: ignore[attr-defined]
         connections = self._connections
@@ -292,6 +318,9 @@ class Edge:
                                "reason": reason, "code": code})
 
     def _on_closed(self, connection: quic.TunnelConnection, code: int, reason: str) -> None:
+        # Called as soon as the connection is known closed (by us, by the peer, or by a
+        # timeout), not after its closing period: its addresses are free from now on,
+        # so a client that reconnects at once gets them back.
         conn_id: int = connection.conn_id  # type: ignore[attr-defined]
         if self._connections.pop(conn_id, None) is not None:
             self.stats["datagrams_in_closed"] += connection.datagrams_in

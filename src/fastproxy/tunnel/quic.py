@@ -211,7 +211,13 @@ class TunnelConnection(QuicConnectionProtocol):
     """One QUIC connection of the tunnel (either side).
 
     Set ``on_datagrams``, ``on_control`` and ``on_closed`` to receive; they are called on
-    the event loop. Counters: ``datagrams_in``, ``datagrams_out``, ``datagrams_dropped_closed``.
+    the event loop. ``on_closed`` is called once, as soon as the connection is known to be
+    closed: when ``close`` is called, when the peer's CONNECTION_CLOSE arrives, or when
+    it ends by itself (idle timeout, protocol error); not only after the closing or
+    draining period (three PTOs, RFC 9000 10.2), during which nothing more can be sent
+    or received on it anyway. The edge frees the connection's tunnel addresses then, so a
+    client that reconnects at once gets them back. Counters: ``datagrams_in``,
+    ``datagrams_out``, ``datagrams_dropped_closed``.
     """
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
@@ -228,6 +234,8 @@ class TunnelConnection(QuicConnectionProtocol):
         self.datagrams_out = 0
         self.datagrams_dropped_closed = 0
         self._terminated = False
+        self._close_reported = False
+        self.last_received = self._loop.time()  # loop time of the last packet from the peer
         self._server: _BatchingServer | None = None
         # Dialling side, until the handshake ends: None when it completed, else the
         # (code, reason) of the close, or the OSError the socket reported.
@@ -271,6 +279,20 @@ class TunnelConnection(QuicConnectionProtocol):
             self.close_code, self.close_reason = error_code, reason
         self._quic.close(error_code=error_code, reason_phrase=reason)
         self.transmit()
+        self._report_closed(error_code, reason)
+
+    def _report_closed(self, code: int, reason: str) -> None:
+        """Call ``on_closed`` the first time the connection is known closed."""
+        if self._close_reported:
+            return
+        self._close_reported = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        handshake = self._handshake
+        if handshake is not None and not handshake.done():
+            handshake.set_result((code, reason))  # closed while dialling: connect raises it
+        if self.on_closed is not None:
+            self.on_closed(self, code, reason)
 
     def start_keepalive(self, interval: float = KEEPALIVE_INTERVAL) -> None:
         """Send a QUIC PING every ``interval`` seconds until the connection ends."""
@@ -289,8 +311,8 @@ class TunnelConnection(QuicConnectionProtocol):
 
     @property
     def is_closed(self) -> bool:
-        """True once the connection is terminated (by either side or by timeout)."""
-        return self._terminated
+        """True once the connection is closed or closing (by either side or by timeout)."""
+        return self._close_reported or self._terminated
 
     # -- receiving -------------------------------------------------------------
 
@@ -332,8 +354,14 @@ class TunnelConnection(QuicConnectionProtocol):
         self._deliver_datagrams()
 
     def _after_receive(self) -> None:
+        self.last_received = self._loop.time()
         self._process_events()
         self._deliver_datagrams()
+        closing = self._quic._close_event
+        if closing is not None and not self._close_reported:
+            # The peer's CONNECTION_CLOSE came in: the connection is draining, and its
+            # ConnectionTerminated event comes only three PTOs later.
+            self._report_closed(closing.error_code, closing.reason_phrase)
         if self._transmit_task is None and self._quic._handshake_complete and self._arm_timer():
             return  # only an ACK is due: it waits for the next packet (see _arm_timer)
         self.transmit()
@@ -429,10 +457,7 @@ class TunnelConnection(QuicConnectionProtocol):
                 self.close(0x1, "only the control stream may be opened")
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated = True
-            if self.close_code is None:
-                self.close_code, self.close_reason = event.error_code, event.reason_phrase
-            if self.on_closed is not None:
-                self.on_closed(self, event.error_code, event.reason_phrase)
+            self._report_closed(event.error_code, event.reason_phrase)
 
 
 class TunnelServer:

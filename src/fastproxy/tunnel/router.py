@@ -152,7 +152,11 @@ def _tokens_match(presented: str, candidates: Iterable[str]) -> str | None:
 
 
 class _AddressPool:
-    """Hands out host addresses of one CIDR; the first one is the edge's own."""
+    """Hands out host addresses of one CIDR; the first one is the edge's own.
+
+    A released address is handed out again only when no address was ever used is left,
+    and then the longest-free one first: a client that reconnects asks for its previous
+    address (``preferred``), which someone else must not have taken meanwhile."""
 
     def __init__(self, cidr: str) -> None:
         self.network = ipaddress.ip_network(cidr, strict=True)
@@ -164,35 +168,32 @@ class _AddressPool:
         self.edge_address = ipaddress.ip_address(self._first).packed
         self._next = self._first + 1
         self._last = int(self.network.broadcast_address) - (1 if self.network.version == 4 else 0)
-        self._free: list[int] = []
-        self._free_set: set[int] = set()
+        self._free: dict[int, None] = {}  # released addresses, oldest first (an ordered set)
         self._size = 4 if self.network.version == 4 else 16
 
     def allocate(self, preferred: bytes | None = None) -> bytes:
-        """A free address: ``preferred`` when it is free, else any."""
+        """A free address: ``preferred`` when it is free, else a never-used one, else the
+        one released longest ago."""
         if preferred is not None:
             value = int.from_bytes(preferred, "big")
-            if value in self._free_set:
-                self._free.remove(value)
-                self._free_set.discard(value)
+            if value in self._free:
+                del self._free[value]
                 return preferred
             if value == self._next and value <= self._last:
                 self._next += 1
                 return preferred
-        if self._free:
-            value = self._free.pop()
-            self._free_set.discard(value)
-        elif self._next <= self._last:
+        if self._next <= self._last:
             value = self._next
             self._next += 1
+        elif self._free:
+            value = next(iter(self._free))
+            del self._free[value]
         else:
             raise OverflowError(f"client pool {self.network} exhausted")
         return value.to_bytes(self._size, "big")
 
     def release(self, address: bytes) -> None:
-        value = int.from_bytes(address, "big")
-        self._free.append(value)
-        self._free_set.add(value)
+        self._free[int.from_bytes(address, "big")] = None
 
 
 class _PrefixTable:
@@ -417,6 +418,25 @@ class EdgeRouter:
             prefixes,
             version=version,
         )
+
+    def previous_holder(self, hello: Hello) -> int | None:
+        """The client connection that holds the addresses a client with ``hello``'s token
+        was given last, if it has that same token (None otherwise, or for a connector or
+        a token the edge does not accept). The glue closes it when it is known dead (gone
+        silent), so that a client reconnecting after a network blip, before the edge's
+        idle timeout noticed, gets its addresses back; a holder of another token is never
+        returned (handing its addresses over would be a hijack)."""
+        if hello.role != ROLE_CLIENT or not hello.token:
+            return None
+        token = _tokens_match(hello.token, self.config.client_tokens)
+        if token is None:
+            return None
+        token_key = hashlib.sha256(token.encode("utf-8")).digest()
+        for address in self._last_addresses.get(token_key, ()):
+            holder = self._client_by_address.get(address) if address is not None else None
+            if holder is not None and self._clients[holder].token_key == token_key:
+                return holder
+        return None
 
     def _connector_tokens(self) -> list[str]:
         return [*self.config.connector_tokens, *self.config.connector_policies]

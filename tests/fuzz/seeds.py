@@ -97,8 +97,17 @@ def _controls() -> list[bytes]:
         ctl.ClientGone(ipaddress.IPv4Address("100.96.0.2"), None),
     ]
     frames = [ctl.encode_message(m) for m in messages]
+    # Version 1 framings too: what a version-1 peer sends, and what a version-2 edge speaks to it.
+    v1_frames = [ctl.encode_message(m, 1) for m in messages]
+    routes = ctl.encode_message(ctl.RouteUpdate(nets))
+    newer_hello = bytearray(frames[0])
+    newer_hello[2] = 9  # a HELLO from a future version: read, and negotiated down
+    routes_in_v1 = bytearray(routes)
+    routes_in_v1[2] = 1  # ROUTES does not exist in version 1: unknown_message_type
     return [*frames, b"".join(frames), frames[0] + frames[3][:7], b"\x00\x01\x01", b"\xff\xff\x01\x01",
-            b"\x00\x02\x02\x01", b"\x00\x02\x01\x09", frames[3][:-1] + b"\x01"]
+            b"\x00\x02\x02\x01", b"\x00\x02\x01\x09", frames[3][:-1] + b"\x01",
+            *v1_frames, b"".join(v1_frames), routes, ctl.encode_message(ctl.RouteUpdate(())),
+            frames[5] + routes + frames[3], bytes(newer_hello), bytes(routes_in_v1), b"\x00\x02\x02\x07"]
 
 
 def _nat_inputs() -> list[bytes]:

@@ -97,8 +97,17 @@ def _controls() -> list[bytes]:
         ctl.ClientGone(ipaddress.IPv4Address("100.96.0.2"), None),
     ]
     frames = [ctl.encode_message(m) for m in messages]
+    # Version 1 framings too: what a version-1 peer sends, and what a version-2 edge speaks to it.
+    v1_frames = [ctl.encode_message(m, 1) for m in messages]
+    routes = ctl.encode_message(ctl.RouteUpdate(nets))
+    newer_hello = bytearray(frames[0])
+    newer_hello[2] = 9  # a HELLO from a future version: read, and negotiated down
+    routes_in_v1 = bytearray(routes)
+    routes_in_v1[2] = 1  # ROUTES does not exist in version 1: unknown_message_type
     return [*frames, b"".join(frames), frames[0] + frames[3][:7], b"\x00\x01\x01", b"\xff\xff\x01\x01",
-            b"\x00\x02\x02\x01", b"\x00\x02\x01\x09", frames[3][:-1] + b"\x01"]
+            b"\x00\x02\x02\x01", b"\x00\x02\x01\x09", frames[3][:-1] + b"\x01",
+            *v1_frames, b"".join(v1_frames), routes, ctl.encode_message(ctl.RouteUpdate(())),
+            frames[5] + routes + frames[3], bytes(newer_hello), bytes(routes_in_v1), b"\x00\x02\x02\x07"]
 
 
 def _nat_inputs() -> list[bytes]:
@@ -118,6 +127,39 @@ def _nat_inputs() -> list[bytes]:
     ]
 
 
+def _fragments(packet: bytes, size: int, ident: int = 7) -> list[bytes]:
+    """``packet`` (IPv4 without options, or IPv6 without extension headers) cut into
+    fragments of at most ``size`` data bytes (a multiple of 8), as the kernel sends them."""
+    v6 = packet[0] >> 4 == 6
+    header, payload = (packet[:40], packet[40:]) if v6 else (packet[:20], packet[20:])
+    pieces = []
+    for offset in range(0, len(payload), size):
+        data = payload[offset : offset + size]
+        more = offset + size < len(payload)
+        if v6:
+            fixed = bytearray(header)
+            fixed[4:6] = (8 + len(data)).to_bytes(2, "big")
+            fixed[6] = 44
+            frag = bytes([header[6], 0]) + (offset | more).to_bytes(2, "big") + ident.to_bytes(4, "big")
+            pieces.append(bytes(fixed) + frag + data)
+        else:
+            h = bytearray(header)
+            h[2:4] = (20 + len(data)).to_bytes(2, "big")
+            h[4:6] = ident.to_bytes(2, "big")
+            h[6:8] = ((0x2000 if more else 0) | offset // 8).to_bytes(2, "big")
+            h[10:12] = b"\0\0"
+            h[10:12] = _sum16(h).to_bytes(2, "big")
+            pieces.append(bytes(h) + data)
+    return pieces
+
+
+def _sum16(data: bytes | bytearray) -> int:
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _bridge_inputs() -> list[bytes]:
     u4 = build_udp_packet(C4, D4, 40000, 53, b"query")
     u6 = build_udp_packet(C6, D6, 40000, 7007, b"hello")
@@ -132,6 +174,18 @@ def _bridge_inputs() -> list[bytes]:
         _frame([twin.build_echo(C4, D4, 1, 1, b"", reply=True), _echo6()[:41]]),
         _frame([build_udp_packet(C4, D4, p, 53, b"") for p in range(40000, 40006)]),
         _frame([build_udp_packet(C6, D6, 1, 2, bytes(200))]),
+        # Fragments (the bridge reassembles them): in order, out of order, one missing
+        # (held, then timed out: Time Exceeded), overlapping, and whole packets too big
+        # for the tunnel once reassembled (answered with Fragmentation Needed / Packet Too Big).
+        _frame(_fragments(_echo4(payload=bytes(300)), 160)),
+        _frame(_fragments(_echo6(payload=bytes(300)), 160)[::-1]),
+        _frame(_fragments(build_udp_packet(C4, D4, 40000, 53, bytes(400)), 200)),
+        _frame(_fragments(build_udp_packet(C6, D6, 40000, 53, bytes(400)), 200, ident=9)[1:]),
+        _frame(_fragments(_echo4(payload=bytes(300)), 160)[:1]),
+        _frame([_fragments(_echo4(payload=bytes(300)), 160)[0], _fragments(_echo4(payload=bytes(300)), 80)[1],
+                *_fragments(_echo4(payload=bytes(300)), 160)[1:]]),
+        _frame(_fragments(_echo4(payload=bytes(1400)), 232)),
+        _frame(_fragments(_echo6(payload=bytes(1400)), 200)),
     ]
 
 

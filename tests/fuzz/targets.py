@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import ipaddress
 import os
 import random
@@ -34,6 +35,7 @@ try:
     from fastproxy.client.bridge import TunBridge
 except ImportError:  # Windows: no TUN device (fcntl); the bridge target checks the parser only
     TunBridge = None  # type: ignore[assignment,misc]
+from fastproxy.client.fragments import is_fragment
 from fastproxy.client.udp_packets import build_udp_packet, parse_udp_packet
 from fastproxy.config import SCHEMAS, ConfigError, apply_config
 from fastproxy.errors import MalformedDatagram, MalformedPacket
@@ -156,12 +158,24 @@ def control(data: bytes) -> None:
         assert split == whole, (whole, split)
     else:  # whole: the error surfaces before any message is returned
         assert split[1] == whole[1], (whole, split)
-    # Each frame round-trips, and decode_message agrees with the stream decoder.
+    # Each frame round-trips in the version it was framed with (a message carries no
+    # version of its own except Hello and Welcome, which keep the frame's), and
+    # decode_message agrees with the stream decoder.
     pos = 0
     for message in split[0]:
-        frame = ctl.encode_message(message)  # type: ignore[arg-type]
+        version = data[pos + 2]
+        if isinstance(message, (ctl.Hello, ctl.Welcome)):
+            assert message.version == version, (message, data.hex())
+        if isinstance(message, ctl.Hello) and version not in ctl.SUPPORTED_VERSIONS:
+            # A HELLO of a newer version is read (same layout) but cannot be written:
+            # every byte but the version is the one this version would write.
+            frame = ctl.encode_message(message, ctl.PROTOCOL_VERSION)
+            frame = frame[:2] + bytes([version]) + frame[3:]
+        else:
+            frame = ctl.encode_message(message, version)  # type: ignore[arg-type]
         assert data[pos : pos + len(frame)] == frame, (message, data.hex())
-        assert ctl.decode_message(frame) == message
+        decoded = ctl.decode_message(frame)
+        assert decoded == message and getattr(decoded, "version", None) == getattr(message, "version", None)
         pos += len(frame)
 
 
@@ -336,10 +350,24 @@ class _FakeTunnel:
 _LOOP: asyncio.AbstractEventLoop | None = None
 
 
+# Drops counted on top of a packet's own outcome (it was already counted as udp_to_tunnel
+# or tun_too_big), or per fragment / per reassembly rather than per whole packet.
+_BRIDGE_SECONDARY_DROPS = ("tun_udp_session_refused", "tun_udp_pending_overflow", "tun_icmp_error_rate_limited")
+
+
+def _is_icmp_error_from_router(p: bytes) -> bool:
+    if p[:1] and p[0] >> 4 == 4:
+        return p[9] == 1 and p[(p[0] & 0x0F) * 4] in (3, 11) and p[12:16] == bytes([192, 0, 0, 8])
+    return p[6] == 58 and p[40] in (1, 2, 3) and p[8:24] == ipaddress.ip_address("fe80::1").packed
+
+
 def bridge(data: bytes) -> None:
     """The TUN bridge's parser: the packets of one read from the device are each sent on
-    as an ICMP echo request, turned into a UDP payload, or counted as a drop (never an
-    exception); parse_udp_packet's result builds back into a packet that parses the same."""
+    as an ICMP echo request, turned into a UDP payload, counted as a drop (never an
+    exception), or, being fragments, held until reassembled (the whole packet then has one
+    of those outcomes), dropped or timed out; what the bridge writes back into the device
+    is an ICMP error from the far end that parses; parse_udp_packet's result builds back
+    into a packet that parses the same."""
     global _LOOP
     if _LOOP is None:
         _LOOP = asyncio.new_event_loop()
@@ -352,20 +380,45 @@ def bridge(data: bytes) -> None:
             assert again == udp, (udp, again)
     if TunBridge is None:
         return
-    tun, tunnel = _FakeTun(), _FakeTunnel()
-    bridge = TunBridge(tun, tunnel, max_udp_flows=4)  # type: ignore[arg-type]
+    # Its once-per-flow warnings would be once per input here: fuzzing speed, not a check.
+    bridge_log = logging.getLogger("fastproxy.client.bridge")
+    was_disabled, bridge_log.disabled = bridge_log.disabled, True
+    try:
+        _bridge_run(packets)
+    finally:
+        bridge_log.disabled = was_disabled
+
+
+def _bridge_run(packets: list[bytes]) -> None:
+    assert _LOOP is not None
+    tun, tunnel, now = _FakeTun(), _FakeTunnel(), [0.0]
+    bridge = TunBridge(tun, tunnel, max_udp_flows=4, clock=lambda: now[0])  # type: ignore[arg-type]
     bridge._loop = _LOOP  # started without add_reader: the harness calls the reader itself
     tun.inbox = packets
     bridge._on_readable()
     _LOOP.run_until_complete(asyncio.sleep(0))
     _LOOP.run_until_complete(asyncio.sleep(0))
-    for p in tunnel.icmp_sent:  # only echo requests go out as ICMP
+    for p in tunnel.icmp_sent:  # only whole echo requests that fit go out as ICMP
         assert (p[0] >> 4 == 4 and p[9] == 1 and p[(p[0] & 0x0F) * 4] == 8) or (p[0] >> 4 == 6 and p[40] == 128)
-    # Refused sessions and pending overflows are counted among udp_to_tunnel as well.
+        assert len(p) <= 1280 and not is_fragment(p), p.hex()
+    fragments = sum(1 for p in packets if is_fragment(p))
+    whole = len(packets) - fragments + bridge.stats["reassembled"]
+    assert bridge.stats["reassembled"] <= fragments, bridge.stats
     drops = sum(n for reason, n in tunnel.drops.items()
-                if reason not in ("tun_udp_session_refused", "tun_udp_pending_overflow"))
-    assert len(tunnel.icmp_sent) + bridge.stats["udp_to_tunnel"] + drops == len(packets), (tunnel.drops, bridge.stats)
+                if reason not in _BRIDGE_SECONDARY_DROPS and not reason.startswith("tun_fragment_"))
+    assert len(tunnel.icmp_sent) + bridge.stats["udp_to_tunnel"] + drops == whole, (tunnel.drops, bridge.stats)
     assert len(tunnel.udp_sent) + tunnel.drops["tun_udp_session_refused"] <= bridge.stats["udp_to_tunnel"]
+    # Every fragment still held is forgotten once its time is up, and counted.
+    held, timeouts = len(bridge.reassembly), tunnel.drops["tun_fragment_timeout"]
+    assert held <= fragments
+    now[0] = bridge.reassembly.timeout + 1.0
+    bridge.expire_fragments()
+    assert len(bridge.reassembly) == 0 and tunnel.drops["tun_fragment_timeout"] == timeouts + held
+    assert bridge.stats["icmp_errors_to_tun"] == len(tun.written)
+    for p in tun.written:
+        assert _is_icmp_error_from_router(p), p.hex()
+        for core in CORES:
+            core.parse_packet(p)  # well-formed, checksums right
     tun.fd = None  # type: ignore[assignment]  # nothing to remove_reader for
     bridge.close()
     _LOOP.run_until_complete(asyncio.sleep(0))

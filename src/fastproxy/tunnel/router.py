@@ -50,7 +50,7 @@ import ipaddress
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..datagram import (
@@ -620,42 +620,38 @@ class EdgeRouter:
         fast = self._fast
         if conn_id in self._clients:
             client = self._clients[conn_id]
-            if fast is None:
-                for data in datagrams:
-                    self._from_client(client, data, now, out)
-                return out
-            # The fast path takes datagrams in order up to one it leaves; that one goes
-            # through Python, then the fast path again from the next (so the order holds).
-            if type(datagrams) is not list:
-                datagrams = list(datagrams)
-            i, forwarded = 0, 0
-            while i < len(datagrams):
-                stop = fast.from_client(conn_id, datagrams, i, out)
-                forwarded += stop - i
-                if stop < len(datagrams):
-                    self._from_client(client, datagrams[stop], now, out)
-                i = stop + 1
-            if forwarded:
-                self.routed["icmp_to_connector"] += forwarded
+            self._route_batch(datagrams, out, lambda data: self._from_client(client, data, now, out),
+                              None if fast is None else lambda batch, i: fast.from_client(conn_id, batch, i, out),
+                              "icmp_to_connector")
         elif self.is_connector(conn_id):
-            if fast is None:
-                for data in datagrams:
-                    self._from_connector(conn_id, data, now, out)
-                return out
-            if type(datagrams) is not list:
-                datagrams = list(datagrams)
-            i, forwarded = 0, 0
-            while i < len(datagrams):
-                stop = fast.from_connector(datagrams, i, out)
-                forwarded += stop - i
-                if stop < len(datagrams):
-                    self._from_connector(conn_id, datagrams[stop], now, out)
-                i = stop + 1
-            if forwarded:
-                self.routed["icmp_to_client"] += forwarded
+            self._route_batch(datagrams, out, lambda data: self._from_connector(conn_id, data, now, out),
+                              None if fast is None else lambda batch, i: fast.from_connector(batch, i, out),
+                              "icmp_to_client")
         else:
             self.drops["unauthenticated"] += len(datagrams)
         return out
+
+    def _route_batch(self, datagrams: list[bytes], out: Outbound, slow: Callable[[bytes], None],
+                     fast: Callable[[list[bytes], int], int] | None, routed_kind: str) -> None:
+        """Route ``datagrams`` in order: the ICMP fast path (``fast(batch, start)`` forwards
+        from ``start`` up to the first datagram it leaves and returns that index) and, for
+        each datagram it leaves, the Python path ``slow``; then the fast path again from the
+        next one, so the order holds. Without a fast path, everything goes through ``slow``."""
+        if fast is None:
+            for data in datagrams:
+                slow(data)
+            return
+        if type(datagrams) is not list:
+            datagrams = list(datagrams)
+        i, forwarded, count = 0, 0, len(datagrams)
+        while i < count:
+            stop = fast(datagrams, i)
+            forwarded += stop - i
+            if stop < count:
+                slow(datagrams[stop])
+            i = stop + 1
+        if forwarded:
+            self.routed[routed_kind] += forwarded
 
     def _pick_connector(self, client_id: int, destination: bytes) -> int | None:
         owners = self._routes.lookup(destination)

@@ -23,6 +23,7 @@ import pytest
 
 from .conftest import require_root
 from .netns import Link, Route, Topology
+from .test_client_e2e import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -37,15 +38,6 @@ ENV = {**os.environ, "PYTHONPATH": SRC}
 
 Network = tuple[Topology, list[str]]
 """The topology and the connection flags for the tools."""
-
-
-def _wait_until(check, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def network() -> Iterator[Network]:
                                             stdout=open(f"{workdir}/{node}.log", "wb"),  # noqa: SIM115
                                             stderr=subprocess.STDOUT, env=ENV))
             log = Path(f"{workdir}/conn.log")
-            assert _wait_until(lambda: "connected to the edge" in log.read_text()), log.read_text()
+            assert wait_until(lambda: "connected to the edge" in log.read_text()), log.read_text()
             yield topo, ["--edge", "198.51.100.2:4433", "--token", "client-1", "--pin", cert.fingerprint]
         finally:
             for process in reversed(processes):

@@ -10,13 +10,10 @@ send of the next one fail (issue 9, item 1); every hop must show the router's ow
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,10 +22,10 @@ import pytest
 
 from .conftest import require_root
 from .netns import Link, Route, Topology
+from .test_client_e2e import fastproxy, wait_until
 
 pytestmark = pytest.mark.privileged
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
 TARGET = {4: "203.0.113.130", 6: "2001:db8:4::2"}
 # What each hop answers from, as the client must see it: the edge's tunnel address, the
 # connector, then each router's address on its link towards the connector, then the target.
@@ -39,20 +36,6 @@ HOPS = {
 
 Network = tuple[Topology, str, str]
 """The topology, a directory with the logs, the connector's backend."""
-
-
-def fastproxy(topo: Topology, node: str, *args: str, log: str) -> subprocess.Popen[bytes]:
-    return topo.popen(node, sys.executable, "-m", "fastproxy", *args, stdout=open(log, "wb"),  # noqa: SIM115
-                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": SRC})
-
-
-def wait_until(check, timeout: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def topology() -> Topology:

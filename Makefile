@@ -11,8 +11,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_E2E_ARGS ?=
 
-.PHONY: run test bench bench-e2e bootstrap clean
-.PHONY: run test bench fuzz bootstrap clean
+.PHONY: run test bench bench-e2e fuzz clean
 
 run:
 	./scripts/bootstrap.sh
@@ -31,6 +30,7 @@ bench-e2e:
 	./scripts/bootstrap.sh --test
 	./bench/e2e/bootstrap.sh
 	$(PY) -m bench.e2e $(BENCH_E2E_ARGS)
+
 fuzz:
 	./scripts/bootstrap.sh --test
 	./scripts/fuzz.sh $(FUZZ_TARGETS)
